@@ -1,0 +1,39 @@
+from billing.models.catalog import Feature, Offer, Price
+from billing.models.entitlements import Entitlement, EntitlementSource
+from billing.models.invoices import Invoice, InvoiceLine, InvoiceNumberSequence, InvoiceStatus
+from billing.models.payments import (
+    AttemptStatus,
+    PaymentAttempt,
+    PaymentMethod,
+    Refund,
+    RefundStatus,
+)
+from billing.models.subscriptions import (
+    Purchase,
+    PurchaseStatus,
+    Subscription,
+    SubscriptionStatus,
+    TrialUsage,
+)
+
+__all__ = [
+    "AttemptStatus",
+    "Entitlement",
+    "EntitlementSource",
+    "Feature",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceNumberSequence",
+    "InvoiceStatus",
+    "Offer",
+    "PaymentAttempt",
+    "PaymentMethod",
+    "Price",
+    "Purchase",
+    "PurchaseStatus",
+    "Refund",
+    "RefundStatus",
+    "Subscription",
+    "SubscriptionStatus",
+    "TrialUsage",
+]

@@ -1,0 +1,3 @@
+"""Everything under /api/v1/."""
+
+urlpatterns: list = []

@@ -1,0 +1,28 @@
+"""Small database helpers shared by the apps' models."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from core.money import CURRENCY_CODES
+
+
+def currency_field(**kwargs) -> models.CharField:
+    return models.CharField(max_length=3, help_text="ISO 4217 code, e.g. EUR", **kwargs)
+
+
+def valid_currency_constraint(field: str, name: str) -> models.CheckConstraint:
+    """The database refuses any currency that is not in the ISO 4217 table."""
+    return models.CheckConstraint(condition=models.Q(**{f"{field}__in": CURRENCY_CODES}), name=name)
+
+
+def non_negative_constraint(field: str, name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=models.Q(**{f"{field}__gte": 0}), name=name)
+
+
+def half_open_constraint(start: str, end: str, name: str) -> models.CheckConstraint:
+    """`[start, end)` must not be empty; a NULL end means open-ended."""
+    return models.CheckConstraint(
+        condition=models.Q(**{f"{end}__isnull": True}) | models.Q(**{f"{end}__gt": models.F(start)}),
+        name=name,
+    )

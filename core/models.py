@@ -1,0 +1,59 @@
+"""Cross-cutting records: API idempotency keys and the signing keys of offline tokens."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class IdempotencyRecord(models.Model):
+    """One row per (client, Idempotency-Key): the request fingerprint and the stored response."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_unique_per_user"),
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+
+class SigningKey(models.Model):
+    """An Ed25519 key for offline entitlement tokens.
+
+    Published in the JWKS from `published_at`, used to sign from `active_from`
+    (after publication), still published until `retires_at` so older tokens verify.
+    """
+
+    kid = models.CharField(max_length=64, unique=True)
+    private_jwk = models.JSONField(help_text="Private key (JWK). Keep the database secret.")
+    public_jwk = models.JSONField()
+    published_at = models.DateTimeField()
+    active_from = models.DateTimeField()
+    retires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-active_from"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(active_from__gte=models.F("published_at")),
+                name="signing_key_published_before_use",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.kid

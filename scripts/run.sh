@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make run`: migrate, load demo data, start localstripe (loopback), a Celery worker, Celery beat
+# and the API + admin on http://127.0.0.1:8000. Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p var/celery/out var/celery/processed var/log
+export LOG_JSON="${LOG_JSON:-false}"
+STRIPE_PORT="${LOCALSTRIPE_PORT:-8420}"
+PORT="${PORT:-8000}"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping ${#pids[@]} processes..."
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
+  export STRIPE_API_BASE="http://127.0.0.1:${STRIPE_PORT}"
+  echo "[1/5] No STRIPE_SECRET_KEY: starting localstripe on ${STRIPE_API_BASE} (log: var/log/localstripe.log)"
+  $PY -m devtools.localstripe_server --port "$STRIPE_PORT" >var/log/localstripe.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 50); do
+    curl -sf -o /dev/null -u sk_test_demo: "$STRIPE_API_BASE/v1/customers" && break; sleep 0.2
+  done
+else
+  echo "[1/5] Using real Stripe (STRIPE_SECRET_KEY is set)"
+fi
+
+echo "[2/5] Database: ${DATABASE_URL:-sqlite (var/db.sqlite3)}; broker: ${REDIS_URL:-filesystem (var/celery)}"
+$PY manage.py migrate --no-input -v 0
+$PY manage.py collectstatic --no-input -v 0
+echo "[3/5] Loading demo data (idempotent)"
+$PY manage.py seed_demo
+
+echo "[4/5] Starting Celery worker and beat (logs: var/log/celery-*.log)"
+.venv/bin/celery -A config worker --loglevel=INFO --concurrency=2 >var/log/celery-worker.log 2>&1 &
+pids+=($!)
+.venv/bin/celery -A config beat --loglevel=INFO >var/log/celery-beat.log 2>&1 &
+pids+=($!)
+
+cat <<MSG
+[5/5] Serving on http://127.0.0.1:${PORT}
+  Admin:        http://127.0.0.1:${PORT}/admin/          (login: admin / admin)
+  API docs:     http://127.0.0.1:${PORT}/api/docs/
+  API schema:   http://127.0.0.1:${PORT}/api/schema/
+  Health:       http://127.0.0.1:${PORT}/healthz
+  Demo owner:   anna@example.com / demo-password-1   (see README "Try the API")
+Press Ctrl-C to stop everything.
+MSG
+$PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
+pids+=($!)
+wait -n "${pids[@]}"
