@@ -69,6 +69,7 @@ class OwnerFactory(factory.django.DjangoModelFactory):
 class VehicleFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = vehicles.Vehicle
+        skip_postgeneration_save = True
 
     vin = factory.LazyFunction(make_vin)
     brand = "Volta"
@@ -104,6 +105,7 @@ class OwnershipFactory(factory.django.DjangoModelFactory):
 class FeatureFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = billing.Feature
+        skip_postgeneration_save = True
         django_get_or_create = ("code",)
 
     code = factory.Sequence(lambda n: f"feature_{n}")
@@ -126,6 +128,7 @@ class OfferFactory(factory.django.DjangoModelFactory):
 
     class Meta:
         model = billing.Offer
+        skip_postgeneration_save = True
         django_get_or_create = ("code",)
 
     class Params:

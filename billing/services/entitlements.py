@@ -1,0 +1,132 @@
+"""Writing entitlements: the only place rows of `Entitlement` are created or ended.
+
+Entitlements derive from committed money state only: callers grant after a payment succeeded,
+a trial started, a car was delivered with an included offer, or an admin comped a feature.
+Every grant is idempotent (database constraints + get_or_create), so a retried task grants once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+
+from billing.models import Entitlement, EntitlementSource, Feature, Offer, Purchase, Subscription
+from core.errors import ErrorCode, ValidationError
+from vehicles.models import Vehicle
+
+
+def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
+    if starts_at.tzinfo is None or (ends_at is not None and ends_at.tzinfo is None):
+        raise ValidationError("Entitlement periods must be timezone-aware (UTC).")
+    if ends_at is not None and ends_at <= starts_at:
+        raise ValidationError(
+            "An entitlement period [start, end) must end after it starts.",
+            code=ErrorCode.VALIDATION_ERROR,
+            details={"starts_at": starts_at.isoformat(), "ends_at": ends_at.isoformat()},
+        )
+
+
+@transaction.atomic
+def entitlements_grant_for_subscription_period(
+    *, subscription: Subscription, period_start: datetime, period_end: datetime
+) -> list[Entitlement]:
+    """One row per feature of the subscribed offer for `[period_start, period_end)`."""
+    _check_period(period_start, period_end)
+    granted = []
+    for feature in subscription.offer.features.all():
+        entitlement, _ = Entitlement.objects.get_or_create(
+            subscription=subscription,
+            feature=feature,
+            starts_at=period_start,
+            defaults={
+                "vehicle_id": subscription.vehicle_id,
+                "source": EntitlementSource.SUBSCRIPTION,
+                "ends_at": period_end,
+            },
+        )
+        granted.append(entitlement)
+    return granted
+
+
+@transaction.atomic
+def entitlements_grant_for_purchase(*, purchase: Purchase, starts_at: datetime) -> list[Entitlement]:
+    """A one-time unlock: perpetual, bound to the vehicle."""
+    _check_period(starts_at, None)
+    granted = []
+    for feature in purchase.offer.features.all():
+        entitlement, _ = Entitlement.objects.get_or_create(
+            purchase=purchase,
+            feature=feature,
+            defaults={
+                "vehicle_id": purchase.vehicle_id,
+                "source": EntitlementSource.PURCHASE,
+                "starts_at": starts_at,
+                "ends_at": None,
+            },
+        )
+        granted.append(entitlement)
+    return granted
+
+
+@transaction.atomic
+def entitlements_grant_included(
+    *, vehicle: Vehicle, offer: Offer, starts_at: datetime, ends_at: datetime
+) -> list[Entitlement]:
+    """Features included with a new car, e.g. three years of connectivity from delivery."""
+    _check_period(starts_at, ends_at)
+    granted = []
+    for feature in offer.features.all():
+        entitlement, _ = Entitlement.objects.get_or_create(
+            vehicle=vehicle,
+            feature=feature,
+            offer=offer,
+            source=EntitlementSource.INCLUDED,
+            starts_at=starts_at,
+            defaults={"ends_at": ends_at},
+        )
+        granted.append(entitlement)
+    return granted
+
+
+def entitlement_grant_admin(
+    *,
+    vehicle: Vehicle,
+    feature: Feature,
+    granted_by,
+    starts_at: datetime,
+    ends_at: datetime | None,
+    reason: str,
+) -> Entitlement:
+    """A comp grant by an operator; the reason is kept for audit."""
+    _check_period(starts_at, ends_at)
+    if not reason.strip():
+        raise ValidationError("A comp grant needs a reason (it is kept for audit).")
+    return Entitlement.objects.create(
+        vehicle=vehicle,
+        feature=feature,
+        source=EntitlementSource.GRANT,
+        granted_by=granted_by,
+        reason=reason.strip(),
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+
+
+def entitlements_end(
+    *, at: datetime, subscription: Subscription | None = None, purchase: Purchase | None = None
+) -> int:
+    """End the entitlements of a subscription or a purchase at `at` (withdrawal, resale,
+    cancellation now). Rows starting after `at` are removed; rows covering `at` are cut."""
+    if (subscription is None) == (purchase is None):
+        raise ValueError("pass exactly one of subscription or purchase")
+    rows = (
+        Entitlement.objects.filter(subscription=subscription)
+        if subscription
+        else (Entitlement.objects.filter(purchase=purchase))
+    )
+    with transaction.atomic():
+        removed, _ = rows.filter(starts_at__gte=at).delete()
+        cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
+    return removed + cut
