@@ -7,7 +7,9 @@ from datetime import datetime
 
 from django.db.models import Q, QuerySet
 
-from billing.models import Entitlement
+from billing.models import Entitlement, EntitlementSource, Offer, Price, Subscription, TrialUsage
+from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from vehicles.models import Vehicle
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,59 @@ def features_active_at(*, vehicle_id, at: datetime) -> list[ActiveFeature]:
             )
         )
     return active
+
+
+@dataclass(frozen=True)
+class OfferForVehicle:
+    """An offer this vehicle can use, priced in its market, with what the vehicle already has."""
+
+    offer: Offer
+    price: Price
+    owned: bool  # every feature is the vehicle's for good
+    subscribed: bool  # a live subscription to this offer exists for the vehicle
+    included_until: datetime | None  # included with the car until then
+    trial_available: bool
+
+
+def offers_for_vehicle(*, vehicle: Vehicle, at: datetime) -> list[OfferForVehicle]:
+    """Compatible, priced offers for one vehicle; a constant number of queries however large
+    the catalog or the vehicle's history."""
+    from billing.services.catalog import feature_incompatibilities, offers_with_catalog_prefetch
+
+    capability_codes = {c.code for c in vehicle.capabilities.all()}
+    active = list(
+        entitlements_active_at(vehicle_id=vehicle.pk, at=at).values_list(
+            "feature_id", "ends_at", "source", "offer_id"
+        )
+    )
+    perpetual = {feature_id for feature_id, ends_at, _, _ in active if ends_at is None}
+    included = {}
+    for _, ends_at, source, offer_id in active:
+        if source == EntitlementSource.INCLUDED and offer_id is not None:
+            included[offer_id] = max(included.get(offer_id, ends_at), ends_at)
+    live = set(
+        Subscription.objects.filter(vehicle=vehicle, status__in=LIVE_SUBSCRIPTION_STATUSES).values_list(
+            "offer_id", flat=True
+        )
+    )
+    trialed = set(TrialUsage.objects.filter(vehicle=vehicle).values_list("feature_id", flat=True))
+    result = []
+    for offer in offers_with_catalog_prefetch(market_id=vehicle.market_id, at=at):
+        features = list(offer.features.all())
+        if not offer.market_prices or any(
+            feature_incompatibilities(feature=f, vehicle=vehicle, capability_codes=capability_codes)
+            for f in features
+        ):
+            continue
+        feature_ids = {f.pk for f in features}
+        result.append(
+            OfferForVehicle(
+                offer=offer,
+                price=offer.market_prices[0],
+                owned=feature_ids <= perpetual,
+                subscribed=offer.pk in live,
+                included_until=included.get(offer.pk),
+                trial_available=offer.trial_days > 0 and not (feature_ids & trialed),
+            )
+        )
+    return result

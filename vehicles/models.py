@@ -170,6 +170,7 @@ class VehicleTransfer(models.Model):
         Owner, null=True, blank=True, on_delete=models.PROTECT, related_name="transfers_in"
     )
     code_hash = models.CharField(max_length=128)
+    failed_attempts = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()

@@ -1,6 +1,12 @@
 from billing.models.catalog import Feature, Offer, Price
 from billing.models.entitlements import Entitlement, EntitlementSource
-from billing.models.invoices import Invoice, InvoiceLine, InvoiceNumberSequence, InvoiceStatus
+from billing.models.invoices import (
+    Invoice,
+    InvoiceKind,
+    InvoiceLine,
+    InvoiceNumberSequence,
+    InvoiceStatus,
+)
 from billing.models.payments import (
     AttemptStatus,
     PaymentAttempt,
@@ -22,6 +28,7 @@ __all__ = [
     "EntitlementSource",
     "Feature",
     "Invoice",
+    "InvoiceKind",
     "InvoiceLine",
     "InvoiceNumberSequence",
     "InvoiceStatus",

@@ -36,8 +36,15 @@ class InvoiceNumberSequence(models.Model):
     last_value = models.PositiveBigIntegerField(default=0)
 
 
+class InvoiceKind(models.TextChoices):
+    PURCHASE = "purchase", "One-time purchase"
+    SUBSCRIPTION_PERIOD = "subscription_period", "Subscription period"
+    PLAN_CHANGE = "plan_change", "Plan change (prorated)"
+
+
 class Invoice(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=24, choices=InvoiceKind.choices)
     number = models.CharField(max_length=32, unique=True, null=True, blank=True)
     owner = models.ForeignKey(Owner, on_delete=models.PROTECT, related_name="invoices")
     vehicle = models.ForeignKey(
@@ -51,6 +58,14 @@ class Invoice(models.Model):
     )
     period_start = models.DateTimeField(null=True, blank=True)
     period_end = models.DateTimeField(null=True, blank=True)
+    change_to_price = models.ForeignKey(
+        "billing.Price",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="For a plan-change invoice: the price the subscription moves to once paid.",
+    )
     currency = currency_field()
     status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT)
     subtotal_minor = models.BigIntegerField(default=0)
@@ -65,7 +80,7 @@ class Invoice(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["subscription", "period_start"],
-                condition=models.Q(subscription__isnull=False),
+                condition=models.Q(kind="subscription_period"),
                 name="one_invoice_per_subscription_period",
             ),
             non_negative_constraint("total_minor", "invoice_total_non_negative"),

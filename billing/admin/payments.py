@@ -1,0 +1,100 @@
+"""Payment methods, payment attempts and refunds: the committed record of every Stripe call.
+Read-only: only the payment services and the reconciler change them."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from billing.admin.display import money_column, short_id
+from billing.models import PaymentAttempt, PaymentMethod, Refund
+from core.admin import ReadOnlyAdmin
+
+
+@admin.register(PaymentMethod)
+class PaymentMethodAdmin(ReadOnlyAdmin):
+    list_display = (
+        "owner",
+        "brand",
+        "last4",
+        "exp_month",
+        "exp_year",
+        "is_default",
+        "stripe_payment_method_id",
+    )
+    list_filter = ("brand", "is_default")
+    search_fields = ("stripe_payment_method_id", "last4", "owner__display_name", "owner__email")
+    list_select_related = ("owner",)
+
+
+@admin.register(PaymentAttempt)
+class PaymentAttemptAdmin(ReadOnlyAdmin):
+    # The client secret lets a client confirm the PaymentIntent: not shown to operators.
+    exclude = ("client_secret",)
+    list_display = (
+        "short_id",
+        "invoice",
+        "owner",
+        "amount",
+        "status",
+        "stripe_payment_intent_id",
+        "error_code",
+        "created_at",
+        "updated_at",
+    )
+    list_filter = ("status", "currency", "error_code")
+    search_fields = (
+        "id",
+        "stripe_payment_intent_id",
+        "invoice__number",
+        "owner__display_name",
+        "owner__email",
+    )
+    list_select_related = ("invoice", "owner")
+    date_hierarchy = "created_at"
+    readonly_fields = ("amount", "idempotency_key")
+    amount = money_column("amount_minor", description="Amount")
+
+    @admin.display(description="ID", ordering="id")
+    def short_id(self, obj: PaymentAttempt) -> str:
+        return short_id(obj.id)
+
+    @admin.display(description="Stripe idempotency key")
+    def idempotency_key(self, obj: PaymentAttempt) -> str:
+        return obj.idempotency_key
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    list_display = (
+        "short_id",
+        "payment_intent",
+        "invoice_number",
+        "amount",
+        "status",
+        "stripe_refund_id",
+        "created_at",
+    )
+    list_filter = ("status", "currency")
+    search_fields = (
+        "id",
+        "stripe_refund_id",
+        "reason",
+        "payment_attempt__stripe_payment_intent_id",
+        "payment_attempt__invoice__number",
+    )
+    list_select_related = ("payment_attempt__invoice",)
+    date_hierarchy = "created_at"
+    readonly_fields = ("amount",)
+    amount = money_column("amount_minor", description="Amount")
+
+    @admin.display(description="ID", ordering="id")
+    def short_id(self, obj: Refund) -> str:
+        return short_id(obj.id)
+
+    @admin.display(description="PaymentIntent", ordering="payment_attempt__stripe_payment_intent_id")
+    def payment_intent(self, obj: Refund) -> str:
+        return obj.payment_attempt.stripe_payment_intent_id or "—"
+
+    @admin.display(description="Invoice", ordering="payment_attempt__invoice__number")
+    def invoice_number(self, obj: Refund) -> str:
+        return str(obj.payment_attempt.invoice)

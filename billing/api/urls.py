@@ -1,0 +1,27 @@
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from billing.api import owner_views, vehicle_views
+from billing.api.jwks import urlpatterns as jwks_urlpatterns
+
+router = SimpleRouter()
+router.register("me/vehicles", owner_views.MyVehicleViewSet, basename="my-vehicle")
+router.register("me/transfers", owner_views.TransferClaimViewSet, basename="my-transfer")
+router.register("me/subscriptions", owner_views.MySubscriptionViewSet, basename="my-subscription")
+router.register("me/purchases", owner_views.MyPurchaseViewSet, basename="my-purchase")
+router.register("me/invoices", owner_views.MyInvoiceViewSet, basename="my-invoice")
+router.register("me/payments", owner_views.MyPaymentViewSet, basename="my-payment")
+router.register("me/payment-methods", owner_views.MyPaymentMethodViewSet, basename="my-payment-method")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path(
+        "vehicle/entitlements/", vehicle_views.VehicleEntitlementsView.as_view(), name="vehicle-entitlements"
+    ),
+    path(
+        "vehicle/entitlements/token/",
+        vehicle_views.VehicleEntitlementTokenView.as_view(),
+        name="vehicle-entitlement-token",
+    ),
+    *jwks_urlpatterns,
+]

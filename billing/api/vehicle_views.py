@@ -1,0 +1,88 @@
+"""Vehicle endpoints under /api/v1/vehicle/: what may this car use now, and a signed offline
+token. Authenticated with the car's own credential (`Authorization: Vehicle <key_id>.<secret>`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.api.serializers import EntitlementTokenSerializer, VehicleEntitlementsSerializer
+from billing.selectors import features_active_at
+from billing.services.offline_tokens import FeatureGrant, offline_token_issue
+from vehicles.api.authentication import VehicleCredentialAuthentication
+from vehicles.api.permissions import IsVehicle, current_vehicle
+
+IF_NONE_MATCH = OpenApiParameter(
+    "If-None-Match",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="The ETag of the last answer: 304 Not Modified when nothing changed.",
+)
+
+
+class VehicleAPIView(APIView):
+    authentication_classes = [VehicleCredentialAuthentication]
+    permission_classes = [IsVehicle]
+
+
+def _features(vehicle_id):
+    return features_active_at(vehicle_id=vehicle_id, at=timezone.now())
+
+
+class VehicleEntitlementsView(VehicleAPIView):
+    @extend_schema(
+        summary="The features this vehicle may use now (poll with If-None-Match)",
+        parameters=[IF_NONE_MATCH],
+        responses={200: VehicleEntitlementsSerializer, 304: OpenApiResponse(description="Not modified")},
+        examples=[
+            OpenApiExample(
+                "entitlements",
+                value={
+                    "vin": "WVWZZZ1JZXW000001",
+                    "at": "2026-11-25T10:00:00Z",
+                    "features": [
+                        {"code": "heated_seats", "valid_until": None, "sources": ["purchase"]},
+                        {
+                            "code": "premium_connectivity",
+                            "valid_until": "2029-03-01T00:00:00Z",
+                            "sources": ["included"],
+                        },
+                    ],
+                },
+                response_only=True,
+            )
+        ],
+    )
+    def get(self, request):
+        vehicle = current_vehicle(request)
+        features = _features(vehicle.pk)
+        state = [(f.code, f.valid_until.isoformat() if f.valid_until else None, f.sources) for f in features]
+        etag = '"' + hashlib.sha256(json.dumps([vehicle.vin, state]).encode()).hexdigest()[:32] + '"'
+        if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
+            return Response(status=304, headers={"ETag": etag})
+        body = {"vin": vehicle.vin, "at": timezone.now(), "features": features}
+        return Response(
+            VehicleEntitlementsSerializer(body).data,
+            headers={"ETag": etag, "Cache-Control": "private, no-cache"},
+        )
+
+
+class VehicleEntitlementTokenView(VehicleAPIView):
+    @extend_schema(
+        summary="A signed offline entitlement token (compact JWS, Ed25519) for this vehicle",
+        description="Claims: iss, aud (the VIN), sub (vehicle id), features [{code, until}], iat, nbf, exp, "
+        "jti. Verify with the keys at /api/v1/.well-known/jwks.json; the car works offline until exp.",
+        responses={200: EntitlementTokenSerializer},
+    )
+    def get(self, request):
+        vehicle = current_vehicle(request)
+        now = timezone.now()
+        grants = [FeatureGrant(code=f.code, valid_until=f.valid_until) for f in _features(vehicle.pk)]
+        issued = offline_token_issue(vehicle_id=str(vehicle.pk), vin=vehicle.vin, features=grants, now=now)
+        return Response(EntitlementTokenSerializer(issued).data, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,1 @@
+"""Adapters to outside services. `billing.gateways.stripe` is the only module that calls the Stripe SDK."""

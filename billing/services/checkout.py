@@ -1,0 +1,43 @@
+"""Shared last step of a purchase, a subscription start or an upgrade: charge the invoice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from billing.models import AttemptStatus, Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
+from billing.services.payments import payment_attempt_charge, payment_attempt_create
+from core.errors import ErrorCode, PaymentError
+
+
+@dataclass(frozen=True)
+class CheckoutOutcome:
+    """What the app needs after checkout. `status`: succeeded | trialing | requires_action | processing."""
+
+    status: str
+    purchase: Purchase | None = None
+    subscription: Subscription | None = None
+    invoice: Invoice | None = None
+    attempt: PaymentAttempt | None = None
+
+    @property
+    def client_secret(self) -> str | None:
+        return self.attempt.client_secret if self.status == "requires_action" and self.attempt else None
+
+
+def invoice_charge(*, invoice: Invoice, payment_method: PaymentMethod) -> tuple[str, PaymentAttempt]:
+    """Charge a committed open invoice. A decline raises `payment_declined` (402) after the
+    outcome is recorded; an unknown outcome is `processing`, settled later by the reconciler."""
+    attempt = payment_attempt_create(invoice=invoice, payment_method=payment_method)
+    attempt = payment_attempt_charge(attempt_id=attempt.pk)
+    invoice.refresh_from_db()
+    if attempt.status == AttemptStatus.DECLINED:
+        raise PaymentError(
+            "The card was declined; nothing was charged. Try another payment method.",
+            code=ErrorCode.PAYMENT_DECLINED,
+            details={"decline_code": attempt.error_code, "payment": str(attempt.pk)},
+        )
+    status = {
+        AttemptStatus.SUCCEEDED: "succeeded",
+        AttemptStatus.REQUIRES_ACTION: "requires_action",
+    }.get(attempt.status, "processing")
+    return status, attempt

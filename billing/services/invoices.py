@@ -1,0 +1,98 @@
+"""Invoices: created open with a gapless number, paid or voided through allowed transitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+
+from billing.models import Invoice, InvoiceKind, InvoiceLine, InvoiceNumberSequence, InvoiceStatus, Price
+from billing.models.invoices import INVOICE_TRANSITIONS
+from core.errors import BusinessRuleViolation, ErrorCode, ValidationError
+from vehicles.models import Owner, Vehicle
+
+
+@dataclass(frozen=True)
+class LineSpec:
+    description: str
+    amount_minor: int
+    offer_id: int | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+
+
+def invoice_number_take(*, prefix: str) -> str:
+    """The next number of a gapless series. Must run inside the invoice's transaction: the
+    counter row stays locked until commit, and a rollback gives the number back."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("invoice_number_take must run inside the invoice's transaction")
+    sequence, _ = InvoiceNumberSequence.objects.get_or_create(prefix=prefix)
+    sequence = InvoiceNumberSequence.objects.select_for_update().get(pk=sequence.pk)
+    sequence.last_value += 1
+    sequence.save(update_fields=["last_value"])
+    return f"{prefix}-{sequence.last_value:06d}"
+
+
+@transaction.atomic
+def invoice_create(
+    *,
+    owner: Owner,
+    vehicle: Vehicle | None,
+    kind: InvoiceKind,
+    currency: str,
+    lines: list[LineSpec],
+    at: datetime,
+    subscription=None,
+    purchase=None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    change_to_price: Price | None = None,
+) -> Invoice:
+    """An open (finalized) invoice. Prices are gross: tax is included in the line amounts."""
+    total = sum(line.amount_minor for line in lines)
+    if total < 0:
+        raise ValidationError("An invoice total cannot be negative.", code=ErrorCode.INVALID_AMOUNT)
+    invoice = Invoice.objects.create(
+        kind=kind,
+        number=invoice_number_take(prefix=f"INV{at:%Y}"),
+        owner=owner,
+        vehicle=vehicle,
+        subscription=subscription,
+        purchase=purchase,
+        period_start=period_start,
+        period_end=period_end,
+        change_to_price=change_to_price,
+        currency=currency,
+        status=InvoiceStatus.OPEN,
+        subtotal_minor=total,
+        total_minor=total,
+        finalized_at=at,
+    )
+    InvoiceLine.objects.bulk_create(
+        InvoiceLine(
+            invoice=invoice,
+            description=line.description,
+            amount_minor=line.amount_minor,
+            offer_id=line.offer_id,
+            period_start=line.period_start,
+            period_end=line.period_end,
+        )
+        for line in lines
+    )
+    return invoice
+
+
+def invoice_transition(*, invoice: Invoice, to: str, at: datetime) -> Invoice:
+    """Move a (locked) invoice to `to` if the state machine allows it."""
+    if to not in INVOICE_TRANSITIONS[invoice.status]:
+        raise BusinessRuleViolation(
+            f"An invoice cannot go from {invoice.status} to {to}.", code=ErrorCode.INVALID_STATE
+        )
+    invoice.status = to
+    fields = ["status"]
+    if to == InvoiceStatus.PAID:
+        invoice.paid_at = at
+        fields.append("paid_at")
+    invoice.save(update_fields=fields)
+    return invoice

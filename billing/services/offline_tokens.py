@@ -1,0 +1,194 @@
+"""Offline entitlement tokens: compact JWS signed with Ed25519 (RFC 7515, RFC 8037, RFC 9864).
+
+A car caches the JWKS and checks, without network, which features it may use. The
+verifier below is the reference of what the car's SDK does, following RFC 8725: one
+pinned algorithm, the key chosen by `kid` from the JWKS only, explicit `typ`, and
+every time and audience claim required.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from joserfc import jws, jwt
+from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
+from joserfc.jwk import OKPKey
+
+from billing.services.signing_keys import ALGORITHM, CURVE, KEY_TYPE, signing_key_for_signing
+from core.errors import BillingError, ErrorCode, ValidationError
+
+#: Explicit JWT type (RFC 8725 section 3.11) so no other JWT of ours passes as an entitlement.
+TOKEN_TYPE = "entitlement+jwt"
+_ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
+_REQUIRED_CLAIMS = ("iss", "aud", "sub", "features", "iat", "nbf", "exp", "jti")
+
+
+class TokenInvalid(BillingError):
+    """The token must not be trusted; `reason` says why (a short stable string)."""
+
+    status_code = 401
+    default_code = ErrorCode.VALIDATION_ERROR
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Invalid entitlement token: {reason}.", details={"reason": reason})
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureGrant:
+    code: str
+    valid_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.valid_until is not None and self.valid_until.utcoffset() is None:
+            raise ValidationError("valid_until must be timezone-aware.", details={"feature": self.code})
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    kid: str
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+def _unix(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def offline_token_issue(
+    *,
+    vehicle_id: str,
+    vin: str,
+    features: Sequence[FeatureGrant],
+    now: datetime,
+    ttl: timedelta | None = None,
+) -> IssuedToken:
+    """Sign the feature list of one vehicle; the lifetime is capped at the policy maximum."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValidationError("now must be a timezone-aware datetime.", details={"field": "now"})
+    max_ttl: timedelta = settings.ENTITLEMENT_TOKEN_MAX_TTL
+    # Whole seconds, rounded down: exp - iat never exceeds the maximum TTL.
+    lifetime_seconds = int((max_ttl if ttl is None else min(ttl, max_ttl)).total_seconds())
+    if lifetime_seconds < 1:
+        raise ValidationError("ttl must be at least one second.", details={"field": "ttl"})
+    issued_at = datetime.fromtimestamp(_unix(now), tz=UTC)
+    expires_at = issued_at + timedelta(seconds=lifetime_seconds)
+    key = signing_key_for_signing(at=now)
+    jti = uuid.uuid4().hex
+    claims = {
+        "iss": settings.ENTITLEMENT_TOKEN_ISSUER,
+        "aud": vin,
+        "sub": str(vehicle_id),
+        "features": [
+            {"code": grant.code, "until": None if grant.valid_until is None else _unix(grant.valid_until)}
+            for grant in features
+        ],
+        "iat": _unix(issued_at),
+        "nbf": _unix(issued_at),
+        "exp": _unix(expires_at),
+        "jti": jti,
+    }
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": TOKEN_TYPE}
+    private_key = OKPKey.import_key(key.private_jwk)
+    token = jwt.encode(header, claims, private_key, algorithms=[ALGORITHM])
+    return IssuedToken(token=token, kid=key.kid, jti=jti, issued_at=issued_at, expires_at=expires_at)
+
+
+def _verification_key(jwk_set: dict[str, Any], kid: object) -> OKPKey:
+    """The OKP/Ed25519 public key published under `kid`, imported from its public members only."""
+    if not isinstance(kid, str) or not kid:
+        raise TokenInvalid("missing_kid")
+    keys = jwk_set.get("keys") if isinstance(jwk_set, dict) else None
+    matches = [k for k in keys or [] if isinstance(k, dict) and k.get("kid") == kid]
+    if len(matches) != 1:
+        raise TokenInvalid("unknown_kid")
+    jwk = matches[0]
+    if (
+        jwk.get("kty") != KEY_TYPE
+        or jwk.get("crv") != CURVE
+        or jwk.get("alg", ALGORITHM) != ALGORITHM
+        or jwk.get("use", "sig") != "sig"
+    ):
+        raise TokenInvalid("key_not_allowed")
+    try:
+        return OKPKey.import_key({"kty": KEY_TYPE, "crv": CURVE, "x": jwk["x"]})
+    except (JoseError, KeyError, TypeError, ValueError) as error:
+        raise TokenInvalid("key_not_allowed") from error
+
+
+def _check_claims(claims: dict[str, Any], *, vin: str, now: datetime, leeway: int) -> None:
+    registry = jwt.JWTClaimsRegistry(
+        now=_unix(now),
+        leeway=leeway,
+        # every claim required; `features` may be an empty list (a token may grant nothing)
+        **{name: {"essential": True, "allow_blank": name == "features"} for name in _REQUIRED_CLAIMS},
+    )
+    try:
+        registry.validate(claims)
+    except MissingClaimError as error:
+        raise TokenInvalid("missing_claim") from error
+    except ExpiredTokenError as error:
+        raise TokenInvalid("expired") from error
+    except InvalidClaimError as error:
+        reason = "not_yet_valid" if error.claim in ("nbf", "iat") else "invalid_claim"
+        raise TokenInvalid(reason) from error
+    if claims["iss"] != settings.ENTITLEMENT_TOKEN_ISSUER:
+        raise TokenInvalid("wrong_issuer")
+    if claims["aud"] != vin:  # exactly our VIN: no list, no prefix
+        raise TokenInvalid("wrong_audience")
+    if claims["exp"] - claims["iat"] > settings.ENTITLEMENT_TOKEN_MAX_TTL.total_seconds():
+        raise TokenInvalid("lifetime_too_long")
+    features = claims["features"]
+    if not isinstance(features, list) or not all(
+        isinstance(f, dict)
+        and isinstance(f.get("code"), str)
+        and (f.get("until") is None or type(f["until"]) is int)
+        for f in features
+    ):
+        raise TokenInvalid("invalid_claim")
+
+
+def offline_token_verify(
+    *, token: str, vin: str, jwks: dict[str, Any], now: datetime, leeway: int = 0
+) -> dict:
+    """Verify `token` as a car with `vin` would, offline, against a cached JWKS; returns the claims.
+
+    Raises `TokenInvalid` on anything wrong: malformed, other algorithm (`none`, HS256...),
+    unknown kid, bad signature, wrong type, issuer or audience, expired or not yet valid.
+    """
+    try:
+        obj = jws.extract_compact(token.encode("ascii"))
+    except (JoseError, UnicodeError, ValueError, TypeError, AttributeError) as error:
+        raise TokenInvalid("malformed") from error
+    header = obj.headers()
+    if not isinstance(header, dict):
+        raise TokenInvalid("malformed")
+    if header.get("alg") != ALGORITHM:
+        raise TokenInvalid("algorithm_not_allowed")
+    if header.get("typ") != TOKEN_TYPE:
+        raise TokenInvalid("wrong_type")
+    if not set(header) <= _ALLOWED_HEADER:  # no crit, b64, jku, jwk, x5u...: nothing fetched or implied
+        raise TokenInvalid("unsupported_header")
+    key = _verification_key(jwks, header.get("kid"))
+    try:
+        valid = jws.validate_compact(obj, key, algorithms=[ALGORITHM])
+    except JoseError as error:
+        raise TokenInvalid("bad_signature") from error
+    if not valid:
+        raise TokenInvalid("bad_signature")
+    try:
+        claims = json.loads(obj.payload)
+    except (TypeError, ValueError) as error:
+        raise TokenInvalid("malformed") from error
+    if not isinstance(claims, dict):
+        raise TokenInvalid("malformed")
+    _check_claims(claims, vin=vin, now=now, leeway=leeway)
+    return claims

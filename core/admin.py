@@ -1,0 +1,52 @@
+"""Operator views of the cross-cutting records. Both are read-only: API idempotency records are
+written by the middleware, signing keys by the key-rotation service. The private key material of
+a signing key is never rendered."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin
+from django.utils.html import format_html
+
+from core.models import IdempotencyRecord, SigningKey
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View-only: rows change only through services."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ReadOnlyAdmin):
+    list_display = ("key", "user", "method", "path", "state", "response_status", "created_at")
+    list_filter = ("state", "method", "response_status")
+    search_fields = ("key", "path", "user__username", "user__email")
+    list_select_related = ("user",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(ReadOnlyAdmin):
+    # `private_jwk` is excluded from every view: it is neither a field nor a column.
+    fields = ("kid", "public_key", "published_at", "active_from", "retires_at", "created_at")
+    readonly_fields = fields
+    list_display = ("kid", "published_at", "active_from", "retires_at", "created_at")
+    search_fields = ("kid",)
+    ordering = ("-active_from",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("private_jwk")
+
+    @admin.display(description="Public key (JWK)")
+    def public_key(self, obj: SigningKey) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.public_jwk, indent=2, sort_keys=True))
