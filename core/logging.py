@@ -31,7 +31,10 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
             },
             "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
             "root": {"handlers": ["console"], "level": level},
-            "loggers": {"django.db.backends": {"level": "INFO"}},
+            "loggers": {
+                "django.db.backends": {"level": "INFO"},
+                "stripe": {"level": "WARNING"},  # the SDK logs every request at INFO
+            },
         }
     )
     structlog.configure(

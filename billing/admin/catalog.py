@@ -125,5 +125,4 @@ class PriceAdmin(admin.ModelAdmin):
     immutable_fields = ("offer", "market", "currency", "amount_minor", "version")
 
     def get_readonly_fields(self, request, obj=None):
-        readonly = ("amount", "created_at")
-        return self.immutable_fields + readonly if obj else readonly
+        return (*self.immutable_fields, "amount", "created_at") if obj else ()

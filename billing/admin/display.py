@@ -23,8 +23,8 @@ def money_column(amount: str, currency: str = "currency", *, description: str) -
 
     @admin.display(description=description, ordering=amount.replace(".", "__"))
     def column(_model_admin: Any, obj: Any) -> str:
-        value = get_amount(obj)
-        return "—" if value is None else format_money(value, get_currency(obj))
+        value, currency_code = get_amount(obj), get_currency(obj)
+        return "—" if value is None or not currency_code else format_money(value, currency_code)
 
     column.__name__ = f"{amount.replace('.', '_')}_display"
     return column

@@ -34,7 +34,9 @@ class EntitlementGrantForm(forms.Form):
 
     def __init__(self, *args, admin_site: admin.AdminSite, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["vehicle"].widget = AutocompleteSelect(Entitlement._meta.get_field("vehicle"), admin_site)
+        vehicle = self.fields["vehicle"]
+        vehicle.widget = AutocompleteSelect(Entitlement._meta.get_field("vehicle"), admin_site)
+        vehicle.widget.choices = vehicle.choices
 
 
 class ActiveNowFilter(admin.SimpleListFilter):

@@ -15,6 +15,7 @@ error is turned into one of ours (all `BillingError`s, so the API can render the
 | 400 `idempotency_error` (same key, new body)  | `IdempotencyConflict`                          |
 | other 400/404                                 | `InvalidRequest` (a bug on our side)           |
 | 401/403                                       | `PaymentProviderUnavailable(retryable=False)`  |
+| 402 when attaching a card                     | `PaymentMethodDeclined`                        |
 
 Every `create` takes an `idempotency_key` the caller derives from a committed row
 (`f"charge-attempt-{attempt.id}"`), so a retry after any failure can never charge twice. The
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import json
 import random
 import re
 import ssl
@@ -34,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 import stripe
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import BillingError, ErrorCode
 from core.money import Money
@@ -148,6 +151,13 @@ class IdempotencyConflict(PaymentGatewayError):
 
     status_code = 409
     default_code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+class WebhookSignatureInvalid(BillingError):
+    """A webhook whose `Stripe-Signature` does not verify (or is too old): refuse it with 400."""
+
+    status_code = 400
+    default_code = ErrorCode.VALIDATION_ERROR
 
 
 class PaymentMethodDeclined(PaymentGatewayError):
@@ -335,6 +345,23 @@ def refund_create(
     except stripe.StripeError as exc:
         raise _translate(exc, write=True) from exc
     return RefundResult(id=refund.id, status=refund.status)
+
+
+def webhook_event_verify(
+    *, payload: bytes, signature_header: str | None, secret: str, tolerance_seconds: int = 300
+) -> dict[str, Any]:
+    """Verify a webhook's `Stripe-Signature` (HMAC-SHA256 over the raw body, timestamp within
+    `tolerance_seconds`) and return the event as plain JSON data: still untrusted input (R27)."""
+    if not secret:
+        raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET is empty: refusing to accept unsigned webhooks.")
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance_seconds)
+        event = json.loads(payload)
+    except (stripe.SignatureVerificationError, ValueError) as exc:
+        raise WebhookSignatureInvalid("The webhook signature does not verify.") from exc
+    if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(event.get("id"), str):
+        raise WebhookSignatureInvalid("The webhook body is not a Stripe event.")
+    return event
 
 
 # -- mapping Stripe objects ---------------------------------------------------------------------

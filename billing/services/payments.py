@@ -69,7 +69,14 @@ def payment_attempt_charge(*, attempt_id, off_session: bool = True) -> PaymentAt
             metadata={"payment_attempt_id": str(attempt.pk), "invoice_id": str(attempt.invoice_id)},
             off_session=off_session,
         )
-    except (gateway.UnknownOutcome, gateway.PaymentProviderUnavailable, gateway.RateLimited) as exc:
+    except gateway.InvalidRequest as exc:
+        # Stripe refused the request itself (400): nothing was charged. A bug of ours, logged loudly.
+        log.error("payment_request_refused", attempt=str(attempt.pk), error=str(exc))
+        refused = gateway.ChargeResult(
+            status="declined", payment_intent_id=None, decline_code="provider_rejected", message=str(exc)
+        )
+        return payment_attempt_record(attempt_id=attempt.pk, result=refused)
+    except gateway.PaymentGatewayError as exc:  # timeout, 5xx, 429, key conflict: outcome unknown
         log.warning("payment_outcome_unknown", attempt=str(attempt.pk), error=str(exc))
         return payment_attempt_mark_unknown(attempt_id=attempt.pk, reason=str(exc))
     return payment_attempt_record(attempt_id=attempt.pk, result=result)
@@ -95,6 +102,9 @@ def payment_attempt_record(
         attempt = PaymentAttempt.objects.select_for_update().get(pk=attempt_id)
         if attempt.status == target or target not in ATTEMPT_TRANSITIONS[attempt.status]:
             return attempt  # already recorded, or a stale outcome: nothing to do
+        if not _matches_attempt(attempt, result):
+            log.error("payment_result_mismatch", attempt=str(attempt.pk), amount=str(result.amount))
+            return attempt  # Stripe data is untrusted input: never fulfil on a mismatch (R27)
         attempt.status = target
         attempt.stripe_payment_intent_id = result.payment_intent_id or attempt.stripe_payment_intent_id
         requires_action, declined = target == AttemptStatus.REQUIRES_ACTION, target == AttemptStatus.DECLINED
@@ -110,6 +120,14 @@ def payment_attempt_record(
                 invoice_fulfil_failed(invoice=invoice, at=at)
         log.info("payment_attempt_recorded", attempt=str(attempt.pk), status=target)
         return attempt
+
+
+def _matches_attempt(attempt: PaymentAttempt, result: gateway.ChargeResult) -> bool:
+    """The PaymentIntent is for this attempt: same amount and currency, our id in its metadata."""
+    if result.amount is not None and result.amount != Money(attempt.amount_minor, attempt.currency):
+        return False
+    claimed = result.metadata.get("payment_attempt_id")
+    return claimed is None or claimed == str(attempt.pk)
 
 
 def payment_attempt_refresh(*, attempt_id) -> PaymentAttempt:

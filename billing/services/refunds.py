@@ -63,15 +63,17 @@ def refund_execute(*, refund_id) -> Refund:
             idempotency_key=refund.idempotency_key,
             metadata={"refund_id": str(refund.pk)},
         )
-        status = RefundStatus.SUCCEEDED if result.status in ("succeeded", "pending") else RefundStatus.FAILED
+        status = {"succeeded": RefundStatus.SUCCEEDED, "pending": RefundStatus.PENDING}.get(
+            result.status, RefundStatus.FAILED
+        )
         stripe_id = result.id
-    except (gateway.UnknownOutcome, gateway.PaymentProviderUnavailable, gateway.RateLimited) as exc:
+    except gateway.PaymentGatewayError as exc:
         log.warning("refund_outcome_unknown", refund=str(refund.pk), error=str(exc))
         status, stripe_id = RefundStatus.UNKNOWN, refund.stripe_refund_id
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund.pk)
         if refund.status in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
-            refund.status, refund.stripe_refund_id = status, stripe_id
+            refund.status, refund.stripe_refund_id = status, stripe_id or ""
             refund.save(update_fields=["status", "stripe_refund_id"])
     return refund
 

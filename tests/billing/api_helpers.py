@@ -76,6 +76,49 @@ def catalog_world(*, market=None):
     seats = FeatureFactory(code="heated_seats", required_capabilities=[hardware])
     unlock = OfferFactory(code="heated_seats_unlock", features=[seats])
     plan = OfferFactory(code="heated_seats_monthly", subscription=True, trial_days=7, features=[seats])
-    PriceFactory(offer=unlock, market=vehicle.market, amount_minor=19_900)
-    PriceFactory(offer=plan, market=vehicle.market, amount_minor=999)
+    for offer, amount in ((unlock, 19_900), (plan, 999)):
+        if not offer.prices.filter(market=vehicle.market).exists():  # several worlds share the catalog
+            PriceFactory(offer=offer, market=vehicle.market, amount_minor=amount)
     return owner, vehicle
+
+
+def results(response) -> list[dict]:
+    """The items of a list answer (paginated `{"count", "results"}` or a plain list)."""
+    body = response.json()
+    assert response.status_code == 200, body
+    return body["results"] if isinstance(body, dict) else body
+
+
+def heated_seats_plan(
+    vehicle,
+    *,
+    code: str = "heated_seats_premium_monthly",
+    amount_minor: int = 1_999,
+    interval: str = "month",
+    trial_days: int = 0,
+):
+    """Another plan on catalog_world's heated seats, priced in the vehicle's market."""
+    seats = FeatureFactory(code="heated_seats")
+    offer = OfferFactory(
+        code=code, subscription=True, interval=interval, trial_days=trial_days, features=[seats]
+    )
+    PriceFactory(offer=offer, market=vehicle.market, amount_minor=amount_minor)
+    return offer
+
+
+def subscribe_paid(client: APIClient, vehicle, offer: str = "heated_seats_monthly") -> dict:
+    """Start a paid (no trial) subscription through the API; returns the subscription body."""
+    response = post(
+        client, f"/api/v1/me/vehicles/{vehicle.pk}/subscriptions/", {"offer": offer, "trial": False}
+    )
+    assert response.status_code == 201, response.json()
+    assert response.json()["status"] == "succeeded"
+    return response.json()["subscription"]
+
+
+def buy(client: APIClient, vehicle, offer: str = "heated_seats_unlock") -> dict:
+    """Buy a one-time unlock through the API; returns the purchase body."""
+    response = post(client, f"/api/v1/me/vehicles/{vehicle.pk}/purchases/", {"offer": offer})
+    assert response.status_code == 201, response.json()
+    assert response.json()["status"] == "succeeded"
+    return response.json()["purchase"]

@@ -5,17 +5,21 @@ localstripe is read directly (bypassing the proxy) to count what really exists t
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import socket
 import time
 import urllib.parse
 import urllib.request
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from billing.gateways import stripe as gateway
-from core.errors import ErrorCode
+from core.errors import ErrorCode, ValidationError
 from core.money import Money
 
 pytestmark = pytest.mark.stripe
@@ -365,6 +369,35 @@ def test_rate_budget_answers_429_above_the_limit(stripe_proxy):
     assert [c.outcome for c in stripe_proxy.calls()] == ["forwarded", "forwarded", "rate_limited"]
 
 
+def test_three_decimal_amount_not_ending_in_zero_is_refused_before_any_call(stripe_proxy):
+    customer_id, method_id = customer_with_card()
+
+    with pytest.raises(ValidationError) as caught:
+        charge(customer_id, method_id, amount=Money(1235, "BHD"))
+
+    assert caught.value.code == ErrorCode.INVALID_AMOUNT
+    assert stripe_proxy.calls(path=PI_PATH) == []
+    charge(customer_id, method_id, key="charge-attempt-bhd", amount=Money(1230, "BHD"))
+    [sent] = stripe_proxy.calls(path=PI_PATH)
+    assert (sent.form["amount"], sent.form["currency"]) == ("1230", "bhd")
+
+
+def test_settings_changes_take_effect_and_an_unreachable_stripe_is_never_a_failure(stripe_proxy, settings):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        settings.STRIPE_API_BASE = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
+
+        # A write: we cannot tell whether it left (the SDK may have retried), so it is unknown.
+        with pytest.raises(gateway.UnknownOutcome):
+            new_customer()
+        # A read: nothing can have happened.
+        with pytest.raises(gateway.PaymentProviderUnavailable) as caught:
+            gateway.payment_intent_retrieve(payment_intent_id="pi_1")
+
+    assert not isinstance(caught.value, gateway.UnknownOutcome)
+    assert stripe_proxy.calls() == []
+
+
 # -- reconciliation look-up (R4, after 24 h) -------------------------------------------------------
 def test_find_by_metadata_finds_the_payment_intent_of_an_attempt(stripe_proxy):
     customer_id, method_id = customer_with_card()
@@ -393,3 +426,48 @@ def test_find_by_metadata_refuses_naive_datetimes_and_odd_keys(stripe_proxy):
         )
     with pytest.raises(ValueError, match="metadata key"):
         gateway.payment_intent_find_by_metadata(key="a'] OR x:'", value="x", created_after=timezone.now())
+
+
+# -- webhook signatures (the SDK's verifier, behind the gateway) ---------------------------------
+WEBHOOK_SECRET = "whsec_test_gateway"
+EVENT = json.dumps(
+    {"id": "evt_1", "object": "event", "type": "payment_intent.succeeded", "data": {}}
+).encode()
+
+
+def signed(payload: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None) -> str:
+    timestamp = int(time.time()) if at is None else at
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def test_webhook_with_a_valid_signature_returns_the_event():
+    event = gateway.webhook_event_verify(payload=EVENT, signature_header=signed(EVENT), secret=WEBHOOK_SECRET)
+
+    assert (event["id"], event["type"]) == ("evt_1", "payment_intent.succeeded")
+
+
+@pytest.mark.parametrize(
+    ("payload", "header"),
+    [
+        (EVENT.replace(b"evt_1", b"evt_2"), signed(EVENT)),  # body changed after signing
+        (EVENT, signed(EVENT, secret="whsec_other")),
+        (EVENT, signed(EVENT, at=int(time.time()) - 3600)),  # replayed an hour later
+        (EVENT, None),
+        (EVENT, "t=1,v1=garbage"),
+        (b'{"object": "list"}', signed(b'{"object": "list"}')),  # signed, but not an event
+    ],
+    ids=["body-changed", "wrong-secret", "too-old", "no-header", "garbage", "not-an-event"],
+)
+def test_webhook_that_does_not_verify_is_refused(payload, header):
+    with pytest.raises(gateway.WebhookSignatureInvalid) as caught:
+        gateway.webhook_event_verify(payload=payload, signature_header=header, secret=WEBHOOK_SECRET)
+
+    assert caught.value.status_code == 400
+
+
+def test_webhook_verification_refuses_an_empty_secret():
+    forged = signed(EVENT, secret="")
+
+    with pytest.raises(ImproperlyConfigured):
+        gateway.webhook_event_verify(payload=EVENT, signature_header=forged, secret="")

@@ -1,0 +1,21 @@
+"""The periodic billing jobs, stored in the database for Celery beat (django-celery-beat)."""
+
+from __future__ import annotations
+
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+SCHEDULES = {
+    "reconcile payments": ("billing.tasks.reconcile_payments", 5, IntervalSchedule.MINUTES),
+    "reconcile refunds": ("billing.tasks.reconcile_refunds", 5, IntervalSchedule.MINUTES),
+    "purge idempotency records": ("billing.tasks.purge_idempotency_records", 1, IntervalSchedule.HOURS),
+}
+
+
+def periodic_tasks_install() -> int:
+    """Create or update the periodic tasks; returns how many exist. Idempotent."""
+    for name, (task, every, period) in SCHEDULES.items():
+        schedule, _ = IntervalSchedule.objects.get_or_create(every=every, period=period)
+        PeriodicTask.objects.update_or_create(
+            name=name, defaults={"task": task, "interval": schedule, "enabled": True}
+        )
+    return len(SCHEDULES)

@@ -1,0 +1,29 @@
+"""Thin Celery tasks: each calls one service and owns only its retry policy.
+
+Schedules live in the database (django-celery-beat); `billing.services.schedules` installs them.
+The sweeps are safe to run concurrently and twice (row locks with SKIP LOCKED, idempotency keys).
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from billing.services.payments import payment_attempts_reconcile
+from billing.services.refunds import refunds_reconcile
+from core.idempotency import idempotency_records_purge
+
+
+@shared_task(acks_late=True, time_limit=240, soft_time_limit=200)
+def reconcile_payments() -> dict:
+    """Settle payment attempts left pending (crash) or unknown (timeout)."""
+    return payment_attempts_reconcile()
+
+
+@shared_task(acks_late=True, time_limit=240, soft_time_limit=200)
+def reconcile_refunds() -> int:
+    return refunds_reconcile()
+
+
+@shared_task(acks_late=True, time_limit=120)
+def purge_idempotency_records() -> int:
+    return idempotency_records_purge()
