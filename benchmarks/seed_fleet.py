@@ -77,7 +77,8 @@ class SeedReport:
 def catalog_ensure(*, now: dt.datetime) -> Catalog:
     """The benchmark's market, features, offers, prices and granting admin (created once)."""
     market, _ = Market.objects.get_or_create(
-        code="DE", defaults={"name": "Germany", "country": "DE", "currency": "EUR", "withdrawal_period_days": 14}
+        code="DE",
+        defaults={"name": "Germany", "country": "DE", "currency": "EUR", "withdrawal_period_days": 14},
     )
     user_model = get_user_model()
     admin, created = user_model.objects.get_or_create(
@@ -165,7 +166,9 @@ def _seed_batch(*, start: int, stop: int, catalog: Catalog, now: dt.datetime) ->
                 )
                 purchases.append(purchase)
                 entitlements.append(
-                    Entitlement(vehicle=vehicle, feature=feature, source=source, purchase=purchase, starts_at=paid_at)
+                    Entitlement(
+                        vehicle=vehicle, feature=feature, source=source, purchase=purchase, starts_at=paid_at
+                    )
                 )
             elif source == EntitlementSource.SUBSCRIPTION:
                 offer, price = catalog.monthlies[feature.pk]

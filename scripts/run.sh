@@ -35,6 +35,7 @@ $PY manage.py migrate --no-input -v 0
 $PY manage.py collectstatic --no-input -v 0
 echo "[3/5] Loading demo data (idempotent)"
 $PY manage.py seed_demo
+$PY manage.py install_schedules
 
 echo "[4/5] Starting Celery worker and beat (logs: var/log/celery-*.log)"
 .venv/bin/celery -A config worker --loglevel=INFO --concurrency=2 >var/log/celery-worker.log 2>&1 &
