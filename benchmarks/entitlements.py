@@ -444,7 +444,9 @@ def profile_in_process(credentials: Sequence[str], requests: int) -> None:
         )
         for sql in {q["sql"][:160] for q in queries.captured_queries[-10:]}:
             say(f"   sql: {sql}")
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(25)
+        stats.sort_stats("tottime").print_stats(15)
 
 
 # --- main ----------------------------------------------------------------------------------------

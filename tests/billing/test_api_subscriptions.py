@@ -53,7 +53,7 @@ def _paid_world(*, consumer: bool = True):
 
 def test_list_and_retrieve_show_only_my_subscriptions(stripe_proxy):
     owner, vehicle, subscription = _paid_world()
-    other_owner, _ = OwnerFactory(), None
+    other_owner = OwnerFactory()
     other_vehicle = VehicleFactory(owner=other_owner, capabilities=list(vehicle.capabilities.all()))
     other_client = owner_client(other_owner)
     add_card(other_client)
