@@ -1,6 +1,6 @@
 """Operator views of the cross-cutting records. Both are read-only: API idempotency records are
-written by the middleware, signing keys by the key-rotation service. The private key material of
-a signing key is never rendered."""
+written by the API layer, signing keys by the key-rotation service. The private key material of
+a signing key (and the stored API responses) are never rendered."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(ReadOnlyAdmin):
+    # A stored response may carry a PaymentIntent client secret or a token: not shown.
+    exclude = ("response_body",)
     list_display = ("key", "user", "method", "path", "state", "response_status", "created_at")
     list_filter = ("state", "method", "response_status")
     search_fields = ("key", "path", "user__username", "user__email")

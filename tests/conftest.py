@@ -21,6 +21,12 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("ci")
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    """PBKDF2 is deliberately slow; tests need no protection against brute force."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def pytest_report_header(config) -> list[str]:
     db = settings.DATABASES["default"]
     return [

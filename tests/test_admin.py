@@ -33,7 +33,11 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.services.demo_data import demo_data_seed
-from billing.services.entitlements import entitlement_grant_admin, entitlements_grant_for_purchase
+from billing.services.entitlements import (
+    entitlement_grant_admin,
+    entitlements_grant_for_purchase,
+    entitlements_grant_for_subscription_period,
+)
 from billing.services.signing_keys import signing_key_create
 from core.models import IdempotencyRecord, SigningKey
 from tests.factories import (
@@ -76,6 +80,12 @@ ANNA_VIN = "YV4H60DL4S1012345"
 RESOLD_VIN = "VF1RCB00772381904"
 PAYMENT_INTENT = "pi_3AdminTest000000000001"
 CLIENT_SECRET = "pi_3AdminTest000000000001_secret_DoNotShowMe"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """The seed and the factories hash several passwords; PBKDF2 would dominate the run time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def admin_url(model, view: str, *args) -> str:
@@ -389,33 +399,42 @@ def _prices(n: int) -> None:
         PriceFactory(offer=offer, version=version)
 
 
-def _subscriptions(n: int) -> None:
+def _subscriptions(n: int) -> list[Subscription]:
     market = MarketFactory()
     offer = OfferFactory(subscription=True)
     price = PriceFactory(offer=offer, market=market)
     now = timezone.now()
+    created = []
     for _ in range(n):
         owner = OwnerFactory()
-        Subscription.objects.create(
-            owner=owner,
-            vehicle=VehicleFactory(market=market, owner=owner),
-            offer=offer,
-            price=price,
-            status=SubscriptionStatus.ACTIVE,
-            billing_anchor=now,
-            current_period_start=now,
-            current_period_end=now + dt.timedelta(days=30),
+        created.append(
+            Subscription.objects.create(
+                owner=owner,
+                vehicle=VehicleFactory(market=market, owner=owner),
+                offer=offer,
+                price=price,
+                status=SubscriptionStatus.ACTIVE,
+                billing_anchor=now,
+                current_period_start=now,
+                current_period_end=now + dt.timedelta(days=30),
+            )
         )
+    return created
 
 
 def _entitlements(n: int, granted_by) -> None:
-    now = timezone.now()
-    for _ in range(n):
+    """n subscription-period rows and n comp grants (their source columns follow relations)."""
+    for subscription in _subscriptions(n):
+        entitlements_grant_for_subscription_period(
+            subscription=subscription,
+            period_start=subscription.current_period_start,
+            period_end=subscription.current_period_end,
+        )
         entitlement_grant_admin(
-            vehicle=VehicleFactory(),
+            vehicle=subscription.vehicle,
             feature=FeatureFactory(),
             granted_by=granted_by,
-            starts_at=now,
+            starts_at=subscription.current_period_start,
             ends_at=None,
             reason="load test",
         )

@@ -3,6 +3,7 @@ so another owner's vehicle is simply not found (a 404, never a 403)."""
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 
 from core.errors import NotFound
@@ -21,7 +22,7 @@ def vehicles_of_owner(*, owner: Owner) -> QuerySet[Vehicle]:
 def vehicle_of_owner(*, owner: Owner, vehicle_id) -> Vehicle:
     try:
         return vehicles_of_owner(owner=owner).get(pk=vehicle_id)
-    except (Vehicle.DoesNotExist, ValueError, TypeError) as exc:
+    except (Vehicle.DoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:  # bad UUID
         raise NotFound("No such vehicle among yours.") from exc
 
 

@@ -76,7 +76,14 @@ class EntitlementAdmin(admin.ModelAdmin):
         "subscription__id",
         "purchase__id",
     )
-    list_select_related = ("vehicle", "feature", "offer", "granted_by")
+    list_select_related = (
+        "vehicle",
+        "feature",
+        "offer",
+        "granted_by",
+        "purchase__offer",
+        "subscription__offer",
+    )
     date_hierarchy = "starts_at"
     readonly_fields = ("source_detail",)
 
@@ -87,7 +94,7 @@ class EntitlementAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("vehicle", "feature", "offer", "granted_by")
+        return super().get_queryset(request).select_related(*self.list_select_related)
 
     @admin.display(description="VIN", ordering="vehicle__vin")
     def vehicle_vin(self, obj: Entitlement) -> str:
@@ -102,11 +109,11 @@ class EntitlementAdmin(admin.ModelAdmin):
     def source_detail(self, obj: Entitlement) -> str:
         """Who paid or why: a link to the purchase/subscription/offer, or the grant's reason."""
         if obj.source == EntitlementSource.PURCHASE and obj.purchase_id:
-            return admin_link(Purchase, obj.purchase_id, f"Purchase {short_id(obj.purchase_id)}")
+            text = f"Purchase {short_id(obj.purchase_id)} of {obj.purchase.offer.code}"
+            return admin_link(Purchase, obj.purchase_id, text)
         if obj.source == EntitlementSource.SUBSCRIPTION and obj.subscription_id:
-            return admin_link(
-                Subscription, obj.subscription_id, f"Subscription {short_id(obj.subscription_id)}"
-            )
+            text = f"Subscription {short_id(obj.subscription_id)} to {obj.subscription.offer.code}"
+            return admin_link(Subscription, obj.subscription_id, text)
         if obj.source == EntitlementSource.INCLUDED and obj.offer_id:
             return format_html("Included: {}", admin_link(Offer, obj.offer_id, obj.offer.code))
         if obj.source == EntitlementSource.GRANT:

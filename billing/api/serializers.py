@@ -209,7 +209,11 @@ class CheckoutSerializer(serializers.Serializer):
 class PurchaseCreateInput(serializers.Serializer):
     offer = serializers.SlugField(help_text="Offer code from the vehicle's offers")
     payment_method = serializers.IntegerField(
-        required=False, allow_null=True, help_text="Id of one of your payment methods; default if omitted"
+        required=False,
+        allow_null=True,
+        min_value=1,  # 0 was falsy downstream and silently charged the default card
+        max_value=2**63 - 1,
+        help_text="Id of one of your payment methods; default if omitted",
     )
 
 

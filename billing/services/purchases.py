@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from billing.models import (
@@ -83,11 +84,14 @@ def withdrawal_deadline(*, owner: Owner, vehicle: Vehicle, since: datetime) -> d
 
 def purchase_withdraw(*, owner: Owner, purchase_id, at: datetime) -> Purchase:
     """Within the withdrawal period: full refund, and the feature ends now."""
-    purchase = (
-        Purchase.objects.select_related("vehicle__market", "invoice")
-        .filter(owner=owner, pk=purchase_id)
-        .first()
-    )
+    try:
+        purchase = (
+            Purchase.objects.select_related("vehicle__market", "invoice")
+            .filter(owner=owner, pk=purchase_id)
+            .first()
+        )
+    except DjangoValidationError:  # not a UUID: no such purchase either
+        purchase = None
     if purchase is None:
         raise NotFound("No such purchase.")
     if purchase.status != PurchaseStatus.PAID:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from billing.models import (
@@ -42,7 +43,7 @@ def subscription_of_owner(*, owner: Owner, subscription_id, for_update: bool = F
         queryset = queryset.select_for_update(of=("self",))
     try:
         return queryset.get(owner=owner, pk=subscription_id)
-    except (Subscription.DoesNotExist, ValueError) as exc:
+    except (Subscription.DoesNotExist, ValueError, DjangoValidationError) as exc:  # bad UUID: not found
         raise NotFound("No such subscription.") from exc
 
 

@@ -114,28 +114,27 @@ def _release_seller_rights(*, vehicle: Vehicle, seller_id: int, at: datetime) ->
     for subscription in Subscription.objects.filter(
         vehicle=vehicle, owner_id=seller_id, status__in=LIVE_SUBSCRIPTION_STATUSES
     ):
-        payment = (
-            PaymentAttempt.objects.filter(
-                invoice__subscription=subscription,
-                invoice__period_start__lte=at,
-                invoice__period_end__gt=at,
-                status=AttemptStatus.SUCCEEDED,
-            )
-            .order_by("-created_at")
-            .first()
+        # The current period may be paid by several payments (the period, then an upgrade):
+        # the unused time is refunded from them, newest first.
+        payments = PaymentAttempt.objects.filter(
+            invoice__subscription=subscription,
+            invoice__period_start__lte=at,
+            invoice__period_end__gt=at,
+            status=AttemptStatus.SUCCEEDED,
+        ).order_by("-created_at")
+        unused = prorate_between(
+            subscription.price.amount_minor,
+            period_start=subscription.current_period_start,
+            period_end=subscription.current_period_end,
+            at=at,
         )
-        if payment is not None:
-            unused = prorate_between(
-                subscription.price.amount_minor,
-                period_start=subscription.current_period_start,
-                period_end=subscription.current_period_end,
-                at=at,
-            )
+        for payment in payments:
             credit = min(unused, refundable_minor(payment_attempt=payment))
             if credit > 0:
                 refund_ids.append(
                     refund_prepare(payment_attempt=payment, amount_minor=credit, reason="vehicle sold").pk
                 )
+                unused -= credit
         subscription_end_now(subscription=subscription, at=at)
     for purchase in Purchase.objects.filter(
         vehicle=vehicle,
