@@ -27,3 +27,11 @@ def reconcile_refunds() -> int:
 @shared_task(acks_late=True, time_limit=120)
 def purge_idempotency_records() -> int:
     return idempotency_records_purge()
+
+
+@shared_task(acks_late=True, time_limit=120)
+def flush_expired_tokens() -> None:
+    """Keep simplejwt's outstanding/blacklisted token tables small."""
+    from django.core.management import call_command
+
+    call_command("flushexpiredtokens")

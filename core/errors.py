@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     WITHDRAWAL_PERIOD_OVER = "withdrawal_period_over"
     REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
     CREDENTIAL_REVOKED = "credential_revoked"
+    TOKEN_REUSED = "token_reused"
+    TOKEN_INVALID = "token_invalid"
+    PAYMENT_PROVIDER_ERROR = "payment_provider_error"
 
 
 class BillingError(Exception):

@@ -144,6 +144,7 @@ class InvalidRequest(PaymentGatewayError):
     """Stripe refused what we sent (400/404): a bug or stale data on our side. 502: not the client's fault."""
 
     status_code = 502
+    default_code = ErrorCode.PAYMENT_PROVIDER_ERROR
 
 
 class IdempotencyConflict(PaymentGatewayError):

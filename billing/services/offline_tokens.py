@@ -33,7 +33,7 @@ class TokenInvalid(BillingError):
     """The token must not be trusted; `reason` says why (a short stable string)."""
 
     status_code = 401
-    default_code = ErrorCode.VALIDATION_ERROR
+    default_code = ErrorCode.TOKEN_INVALID
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"Invalid entitlement token: {reason}.", details={"reason": reason})

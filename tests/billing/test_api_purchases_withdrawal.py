@@ -25,7 +25,7 @@ from tests.billing.api_helpers import (
     results,
     vehicle_client,
 )
-from tests.factories import MarketFactory, OwnerFactory
+from tests.factories import FeatureFactory, MarketFactory, OfferFactory, OwnerFactory, PriceFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
 
@@ -278,3 +278,21 @@ def test_a_purchase_without_idempotency_key_is_refused(stripe_proxy):
     assert response.status_code == 400
     assert response.json()["code"] == "idempotency_key_invalid"
     assert not Purchase.objects.exists()
+
+
+def test_a_free_offer_is_refused_and_leaves_nothing_behind(stripe_proxy):
+    owner, vehicle = catalog_world()
+    free = OfferFactory(code="free_unlock", features=[FeatureFactory(code="heated_seats")])
+    PriceFactory(offer=free, market=vehicle.market, amount_minor=0)
+    client = owner_client(owner)
+    add_card(client)
+    url = f"/api/v1/me/vehicles/{vehicle.pk}/purchases/"
+
+    first = post(client, url, {"offer": "free_unlock"})
+    second = post(client, url, {"offer": "free_unlock"})
+
+    assert (first.status_code, first.json()["code"]) == (422, "offer_unavailable")
+    assert (second.status_code, second.json()["code"]) == (422, "offer_unavailable")
+    assert not Purchase.objects.exists()
+    assert not Invoice.objects.exists()
+    assert not stripe_proxy.calls(method="POST", path=PI)

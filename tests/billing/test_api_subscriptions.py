@@ -350,3 +350,28 @@ def test_the_same_change_key_twice_charges_once(stripe_proxy):
     assert second["Idempotent-Replayed"] == "true"
     assert Invoice.objects.filter(kind=InvoiceKind.PLAN_CHANGE).count() == 1
     assert len(stripe_proxy.calls(method="POST", path=PI)) == 2  # first period + one upgrade
+
+
+def test_an_upgrade_with_nothing_due_switches_the_plan_without_charging(stripe_proxy):
+    """In the last minutes of a period both prorated lines round to 0: nothing to charge, but the
+    plan still changes (a zero-amount PaymentIntent does not exist)."""
+    owner, vehicle, subscription = _paid_world()
+    premium = heated_seats_plan(vehicle, amount_minor=1_999)
+
+    with time_machine.travel(subscription.current_period_end - dt.timedelta(seconds=60), tick=True):
+        response = post(
+            owner_client(owner),
+            f"/api/v1/me/subscriptions/{subscription.pk}/change/",
+            {"offer": "heated_seats_premium_monthly"},
+        )
+
+    body = response.json()
+    assert response.status_code == 201, body
+    assert body["status"] == "succeeded"
+    invoice = Invoice.objects.get(kind=InvoiceKind.PLAN_CHANGE)
+    assert (invoice.total_minor, invoice.status) == (0, "paid")
+    assert not invoice.attempts.exists()
+    assert len(stripe_proxy.calls(method="POST", path=PI)) == 1  # only the first period
+    subscription.refresh_from_db()
+    assert subscription.offer_id == premium.pk
+    assert Entitlement.objects.filter(subscription=subscription).count() == 2

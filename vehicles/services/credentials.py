@@ -154,7 +154,7 @@ def _touch(credential: VehicleCredential) -> None:
 # --- Owners (JWT refresh-token families) -----------------------------------------------------
 
 FAMILY_CLAIM = "fam"
-TOKEN_REUSED = "token_reused"  # not (yet) in core.errors.ErrorCode
+TOKEN_REUSED = ErrorCode.TOKEN_REUSED
 
 
 class RefreshTokenInvalid(BillingError):
@@ -167,7 +167,7 @@ class RefreshTokenInvalid(BillingError):
 class RefreshTokenReused(RefreshTokenInvalid):
     """A refresh token was presented after it had been rotated or revoked: its family is revoked."""
 
-    default_code = TOKEN_REUSED  # type: ignore[assignment]
+    default_code = TOKEN_REUSED
 
 
 class _RefreshTokenReplayed(TokenError):

@@ -1,0 +1,100 @@
+"""R5/R24 under real concurrency (PostgreSQL, committed transactions): 8 simultaneous purchases
+with one Idempotency-Key, then 8 with different keys, charge exactly once."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+
+from billing.models import Entitlement, Invoice, PaymentAttempt, Purchase
+from tests.billing.api_helpers import add_card, catalog_world, owner_client
+from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stripe, pytest.mark.concurrency]
+
+THREADS = 8
+
+
+def run_together(work: Callable[[int], tuple[int, dict, dict]]) -> list[tuple[int, dict, dict]]:
+    """Run `work(i)` in THREADS threads released at once; each closes its own DB connection."""
+    barrier = threading.Barrier(THREADS)
+    results: list = [None] * THREADS
+    errors: list[BaseException] = []
+
+    def target(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert not errors, errors
+    return results
+
+
+def _purchase(owner, vehicle, key_for: Callable[[int], str]) -> Callable[[int], tuple[int, dict, dict]]:
+    url = f"/api/v1/me/vehicles/{vehicle.pk}/purchases/"
+
+    def work(i: int) -> tuple[int, dict, dict]:
+        client = owner_client(owner)
+        response = client.post(url, {"offer": "heated_seats_unlock"}, format="json", HTTP_IDEMPOTENCY_KEY=key_for(i))
+        return response.status_code, response.json(), dict(response.headers)
+
+    return work
+
+
+@pytest.fixture
+def shop(stripe_proxy):  # noqa: F811
+    owner, vehicle = catalog_world()
+    add_card(owner_client(owner))
+    return owner, vehicle
+
+
+def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):  # noqa: F811
+    owner, vehicle = shop
+    key = str(uuid.uuid4())
+
+    results = run_together(_purchase(owner, vehicle, lambda i: key))
+
+    statuses = sorted(status for status, _, _ in results)
+    assert all(status < 500 for status in statuses), results
+    originals = [r for r in results if r[0] == 201 and r[2].get("Idempotent-Replayed") != "true"]
+    replays = [r for r in results if r[0] == 201 and r[2].get("Idempotent-Replayed") == "true"]
+    in_use = [r for r in results if r[0] == 409]
+    assert len(originals) == 1, statuses
+    assert len(originals) + len(replays) + len(in_use) == THREADS, results
+    assert all(r[1]["code"] == "idempotency_key_in_use" for r in in_use)
+    assert all(r[1] == originals[0][1] for r in replays)
+    assert originals[0][1]["purchase"]["status"] == "paid"
+    assert len(stripe_proxy.calls(method="POST", path="/v1/payment_intents")) == 1
+    assert (Purchase.objects.count(), Invoice.objects.count(), PaymentAttempt.objects.count()) == (1, 1, 1)
+    assert Entitlement.objects.filter(vehicle=vehicle).count() == 1
+
+
+def test_different_keys_eight_at_once_still_one_purchase_and_one_charge(shop, stripe_proxy):  # noqa: F811
+    owner, vehicle = shop
+
+    results = run_together(_purchase(owner, vehicle, lambda i: f"buy-{i}-{uuid.uuid4()}"))
+
+    statuses = sorted(status for status, _, _ in results)
+    assert all(status < 500 for status in statuses), results
+    assert statuses.count(201) == 1, results
+    refused = [r for r in results if r[0] != 201]
+    assert all(r[0] in (409, 422) for r in refused), statuses
+    assert all(r[1]["code"] in ("already_entitled", "invalid_state") for r in refused), [r[1] for r in refused]
+    assert Purchase.objects.filter(status="paid").count() == 1
+    assert Purchase.objects.count() == Invoice.objects.count() == PaymentAttempt.objects.count() == 1
+    assert len(stripe_proxy.calls(method="POST", path="/v1/payment_intents")) == 1
+    assert Entitlement.objects.filter(vehicle=vehicle).count() == 1
