@@ -15,6 +15,8 @@ from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from tests.stripe_proxy import StripeProxy
+
 hypothesis_settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -76,11 +78,29 @@ def localstripe_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def stripe_proxy_server(localstripe_url: str) -> Iterator[StripeProxy]:
+    proxy = StripeProxy(localstripe_url)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
 @pytest.fixture
-def stripe_api(localstripe_url, settings) -> str:
-    """Point the gateway at a cleared localstripe; returns its base URL."""
+def stripe_proxy(stripe_proxy_server: StripeProxy, localstripe_url: str, settings) -> Iterator[StripeProxy]:
+    """A cleared localstripe behind a reset proxy; the gateway points at the proxy.
+
+    Small client timeout (2 s) and no SDK network retries by default; a test may raise
+    `settings.STRIPE_MAX_NETWORK_RETRIES` (the gateway builds a client per configuration).
+    """
+    stripe_proxy_server.reset()
     request = urllib.request.Request(f"{localstripe_url}/_config/data", method="DELETE")
-    urllib.request.urlopen(request, timeout=5)
+    urllib.request.urlopen(request, timeout=5).close()
     settings.STRIPE_SECRET_KEY = ""
-    settings.STRIPE_API_BASE = localstripe_url
-    return localstripe_url
+    settings.STRIPE_API_BASE = stripe_proxy_server.url
+    settings.STRIPE_TIMEOUT_SECONDS = 2
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    yield stripe_proxy_server
+    stripe_proxy_server.reset()  # releases requests still hanging on an injected fault

@@ -82,12 +82,6 @@ PAYMENT_INTENT = "pi_3AdminTest000000000001"
 CLIENT_SECRET = "pi_3AdminTest000000000001_secret_DoNotShowMe"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The seed and the factories hash several passwords; PBKDF2 would dominate the run time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def admin_url(model, view: str, *args) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 

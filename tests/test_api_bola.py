@@ -27,8 +27,14 @@ from billing.models import (
     Refund,
     Subscription,
 )
-from tests.billing.api_helpers import add_card, catalog_world, localstripe_card, owner_client, post, vehicle_client
-from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
+from tests.billing.api_helpers import (
+    add_card,
+    catalog_world,
+    localstripe_card,
+    owner_client,
+    post,
+    vehicle_client,
+)
 from tests.factories import FeatureFactory, OfferFactory, OwnerFactory, PriceFactory, VehicleFactory
 from vehicles.models import Ownership, VehicleTransfer
 
@@ -78,7 +84,7 @@ def api_routes() -> list[Route]:
             continue
         params: list[str] = []
 
-        def placeholder(match: re.Match) -> str:
+        def placeholder(match: re.Match, params: list[str] = params) -> str:
             name = match.group("name") or match.group("conv")
             params.append(name)
             return "{" + name + "}"
@@ -122,9 +128,13 @@ def build_world(localstripe_url: str) -> World:
     card_a = add_card(client_a, localstripe_card(localstripe_url, "4242424242424242"))
     card_b = add_card(client_b, localstripe_card(localstripe_url, "4242424242424242"))
 
-    bought = post(client_a, f"/api/v1/me/vehicles/{vehicle_a.pk}/purchases/", {"offer": "heated_seats_unlock"})
+    bought = post(
+        client_a, f"/api/v1/me/vehicles/{vehicle_a.pk}/purchases/", {"offer": "heated_seats_unlock"}
+    )
     assert bought.status_code == 201, bought.json()
-    subscribed = post(client_a, f"/api/v1/me/vehicles/{vehicle_a.pk}/subscriptions/", {"offer": "nav_monthly"})
+    subscribed = post(
+        client_a, f"/api/v1/me/vehicles/{vehicle_a.pk}/subscriptions/", {"offer": "nav_monthly"}
+    )
     assert subscribed.status_code == 201, subscribed.json()
     assert subscribed.json()["subscription"]["status"] == "active"
     transfer = client_a.post(f"/api/v1/me/vehicles/{vehicle_a.pk}/transfer/")
@@ -180,10 +190,13 @@ def snapshot() -> dict[str, list]:
         "refunds": sorted(Refund.objects.values_list("id", "status", "amount_minor")),
         "payment_methods": sorted(PaymentMethod.objects.values_list("id", "owner_id", "is_default")),
         "entitlements": sorted(
-            (str(e[0]), e[1], e[2], str(e[3])) for e in Entitlement.objects.values_list("id", "vehicle_id", "source", "ends_at")
+            (str(e[0]), e[1], e[2], str(e[3]))
+            for e in Entitlement.objects.values_list("id", "vehicle_id", "source", "ends_at")
         ),
         "ownerships": sorted(Ownership.objects.values_list("id", "vehicle_id", "owner_id", "ends_at")),
-        "transfers": sorted(VehicleTransfer.objects.values_list("id", "status", "to_owner_id", "failed_attempts")),
+        "transfers": sorted(
+            VehicleTransfer.objects.values_list("id", "status", "to_owner_id", "failed_attempts")
+        ),
     }
 
 
@@ -195,7 +208,7 @@ def call(client: APIClient, method: str, url: str, body: dict | None = None):
 
 
 @pytest.fixture
-def world(stripe_proxy, localstripe_url) -> World:  # noqa: F811 - fixture from tests.billing.conftest
+def world(stripe_proxy, localstripe_url) -> World:
     return build_world(localstripe_url)
 
 
@@ -213,7 +226,7 @@ def test_every_id_route_has_an_id_provider():
     assert not missing, f"add these id routes to ID_PROVIDERS (BOLA matrix): {missing}"
 
 
-def test_owner_b_gets_404_for_every_id_route_and_method_and_nothing_changes(world, stripe_proxy):  # noqa: F811
+def test_owner_b_gets_404_for_every_id_route_and_method_and_nothing_changes(world, stripe_proxy):
     before, calls_before = snapshot(), len(stripe_proxy.calls())
     owner_a_customer = type(world.owner_a).objects.get(pk=world.owner_a.pk).stripe_customer_id
     checked = 0
@@ -256,7 +269,7 @@ def test_owner_a_reaches_the_same_routes(world):
         assert response.status_code == 200, (route.name, response.content[:300])
 
 
-def test_owner_b_cannot_pay_with_owner_a_card(world, stripe_proxy):  # noqa: F811
+def test_owner_b_cannot_pay_with_owner_a_card(world, stripe_proxy):
     before, calls_before = snapshot(), len(stripe_proxy.calls())
 
     response = post(
@@ -271,7 +284,7 @@ def test_owner_b_cannot_pay_with_owner_a_card(world, stripe_proxy):  # noqa: F81
     assert len(stripe_proxy.calls()) == calls_before
 
 
-def test_owner_b_cannot_claim_a_card_already_saved_by_owner_a(world, stripe_proxy):  # noqa: F811
+def test_owner_b_cannot_claim_a_card_already_saved_by_owner_a(world, stripe_proxy):
     stripe_id = PaymentMethod.objects.get(pk=world.ids["payment_method"]).stripe_payment_method_id
     before = snapshot()
 
@@ -335,7 +348,9 @@ def test_vehicle_b_credential_only_ever_sees_vehicle_b(world):
         "navigation_plus",
     }
     # query strings cannot redirect the lookup to another car
-    sneaky = car_b.get("/api/v1/vehicle/entitlements/", {"vehicle": world.ids["vehicle"], "vin": world.vehicle_a.vin})
+    sneaky = car_b.get(
+        "/api/v1/vehicle/entitlements/", {"vehicle": world.ids["vehicle"], "vin": world.vehicle_a.vin}
+    )
     assert sneaky.json()["vin"] == world.vehicle_b.vin
 
 
@@ -350,7 +365,7 @@ def test_credentials_of_one_kind_do_not_open_the_other_kind_of_route(world):
     assert owner_on_car_route.status_code in (401, 403)
 
 
-def test_unauthenticated_gets_401_everywhere_but_auth_and_jwks(world, stripe_proxy):  # noqa: F811
+def test_unauthenticated_gets_401_everywhere_but_auth_and_jwks(world, stripe_proxy):
     anonymous = APIClient()
     before, calls_before = snapshot(), len(stripe_proxy.calls())
     checked = 0

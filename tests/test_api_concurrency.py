@@ -12,7 +12,6 @@ from django.db import connection
 
 from billing.models import Entitlement, Invoice, PaymentAttempt, Purchase
 from tests.billing.api_helpers import add_card, catalog_world, owner_client
-from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stripe, pytest.mark.concurrency]
 
@@ -49,20 +48,22 @@ def _purchase(owner, vehicle, key_for: Callable[[int], str]) -> Callable[[int], 
 
     def work(i: int) -> tuple[int, dict, dict]:
         client = owner_client(owner)
-        response = client.post(url, {"offer": "heated_seats_unlock"}, format="json", HTTP_IDEMPOTENCY_KEY=key_for(i))
+        response = client.post(
+            url, {"offer": "heated_seats_unlock"}, format="json", HTTP_IDEMPOTENCY_KEY=key_for(i)
+        )
         return response.status_code, response.json(), dict(response.headers)
 
     return work
 
 
 @pytest.fixture
-def shop(stripe_proxy):  # noqa: F811
+def shop(stripe_proxy):
     owner, vehicle = catalog_world()
     add_card(owner_client(owner))
     return owner, vehicle
 
 
-def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):  # noqa: F811
+def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):
     owner, vehicle = shop
     key = str(uuid.uuid4())
 
@@ -83,7 +84,7 @@ def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):  # noqa: F811
     assert Entitlement.objects.filter(vehicle=vehicle).count() == 1
 
 
-def test_different_keys_eight_at_once_still_one_purchase_and_one_charge(shop, stripe_proxy):  # noqa: F811
+def test_different_keys_eight_at_once_still_one_purchase_and_one_charge(shop, stripe_proxy):
     owner, vehicle = shop
 
     results = run_together(_purchase(owner, vehicle, lambda i: f"buy-{i}-{uuid.uuid4()}"))
@@ -93,7 +94,9 @@ def test_different_keys_eight_at_once_still_one_purchase_and_one_charge(shop, st
     assert statuses.count(201) == 1, results
     refused = [r for r in results if r[0] != 201]
     assert all(r[0] in (409, 422) for r in refused), statuses
-    assert all(r[1]["code"] in ("already_entitled", "invalid_state") for r in refused), [r[1] for r in refused]
+    assert all(r[1]["code"] in ("already_entitled", "invalid_state") for r in refused), [
+        r[1] for r in refused
+    ]
     assert Purchase.objects.filter(status="paid").count() == 1
     assert Purchase.objects.count() == Invoice.objects.count() == PaymentAttempt.objects.count() == 1
     assert len(stripe_proxy.calls(method="POST", path="/v1/payment_intents")) == 1

@@ -10,15 +10,25 @@ from rest_framework.test import APIClient
 from billing.models import Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
 from core.models import IdempotencyRecord
 from tests.billing.api_helpers import add_card, catalog_world, owner_client, post
-from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
 
-BAD_IDS = ["-" * 36, "0" * 36, "not-a-uuid", "1", "-1", "0", "%20", "00000000-0000-0000-0000-00000000000g", "x" * 300, "1e9"]
+BAD_IDS = [
+    "-" * 36,
+    "0" * 36,
+    "not-a-uuid",
+    "1",
+    "-1",
+    "0",
+    "%20",
+    "00000000-0000-0000-0000-00000000000g",
+    "x" * 300,
+    "1e9",
+]
 
 
 @pytest.fixture
-def buyer(stripe_proxy):  # noqa: F811
+def buyer(stripe_proxy):
     owner, vehicle = catalog_world()
     client = owner_client(owner)
     add_card(client)
@@ -26,9 +36,7 @@ def buyer(stripe_proxy):  # noqa: F811
 
 
 def counts() -> tuple[int, ...]:
-    return tuple(
-        m.objects.count() for m in (Purchase, Subscription, Invoice, PaymentAttempt, PaymentMethod)
-    )
+    return tuple(m.objects.count() for m in (Purchase, Subscription, Invoice, PaymentAttempt, PaymentMethod))
 
 
 def assert_error(response, *statuses: int, code: str | None = None) -> dict:
@@ -41,7 +49,7 @@ def assert_error(response, *statuses: int, code: str | None = None) -> dict:
     return body
 
 
-def test_malformed_json_is_400(buyer, stripe_proxy):  # noqa: F811
+def test_malformed_json_is_400(buyer, stripe_proxy):
     _, vehicle, client = buyer
     before, calls = counts(), len(stripe_proxy.calls())
 
@@ -60,7 +68,7 @@ def test_malformed_json_is_400(buyer, stripe_proxy):  # noqa: F811
     ("content_type", "data"),
     [("text/plain", "offer=heated_seats_unlock"), ("application/xml", "<offer>heated_seats_unlock</offer>")],
 )
-def test_wrong_content_type_is_415(buyer, stripe_proxy, content_type, data):  # noqa: F811
+def test_wrong_content_type_is_415(buyer, stripe_proxy, content_type, data):
     _, vehicle, client = buyer
     before = counts()
 
@@ -92,7 +100,7 @@ def test_wrong_content_type_is_415(buyer, stripe_proxy, content_type, data):  # 
     ],
     ids=repr,
 )
-def test_bad_purchase_bodies_are_4xx_and_buy_nothing(buyer, stripe_proxy, body):  # noqa: F811
+def test_bad_purchase_bodies_are_4xx_and_buy_nothing(buyer, stripe_proxy, body):
     _, vehicle, client = buyer
     before, calls = counts(), len(stripe_proxy.calls())
 
@@ -107,7 +115,7 @@ def test_bad_purchase_bodies_are_4xx_and_buy_nothing(buyer, stripe_proxy, body):
     [-1, 0, 1.5, "1.5", "abc", True, 2**63, -(2**63) - 1, 10**30, "", [1], {"id": 1}],
     ids=repr,
 )
-def test_bad_payment_method_ids_are_4xx_and_charge_nothing(buyer, stripe_proxy, payment_method):  # noqa: F811
+def test_bad_payment_method_ids_are_4xx_and_charge_nothing(buyer, stripe_proxy, payment_method):
     _, vehicle, client = buyer
     before, calls = counts(), len(stripe_proxy.calls())
 
@@ -142,7 +150,7 @@ def _id_routes() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("method", "template"), _id_routes())
-def test_invalid_ids_in_paths_are_404_not_500(buyer, stripe_proxy, method, template):  # noqa: F811
+def test_invalid_ids_in_paths_are_404_not_500(buyer, stripe_proxy, method, template):
     _, _, client = buyer
     before, calls = counts(), len(stripe_proxy.calls())
     for bad in BAD_IDS:
@@ -157,16 +165,16 @@ def test_invalid_ids_in_paths_are_404_not_500(buyer, stripe_proxy, method, templ
     assert counts() == before and len(stripe_proxy.calls()) == calls
 
 
-def test_huge_and_odd_strings_elsewhere_are_4xx(buyer, stripe_proxy):  # noqa: F811
+def test_huge_and_odd_strings_elsewhere_are_4xx(buyer, stripe_proxy):
     _, vehicle, client = buyer
     before = counts()
     cases = [
-        client.post(
-            "/api/v1/me/payment-methods/", {"payment_method": "pm_" + "x" * 10_000}, format="json"
-        ),
+        client.post("/api/v1/me/payment-methods/", {"payment_method": "pm_" + "x" * 10_000}, format="json"),
         client.post("/api/v1/me/payment-methods/", {"payment_method": "card_123"}, format="json"),
         client.post("/api/v1/me/payment-methods/", {"payment_method": "pm_\x00"}, format="json"),
-        client.post("/api/v1/me/transfers/claim/", {"vin": "V" * 10_000, "code": "c" * 10_000}, format="json"),
+        client.post(
+            "/api/v1/me/transfers/claim/", {"vin": "V" * 10_000, "code": "c" * 10_000}, format="json"
+        ),
         client.post("/api/v1/me/transfers/claim/", {"vin": "\x00" * 17, "code": "x"}, format="json"),
         client.post("/api/v1/auth/token/", {"username": "u" * 10_000, "password": "p"}, format="json"),
         client.post("/api/v1/auth/token/refresh/", {"refresh": "r" * 10_000}, format="json"),
@@ -190,7 +198,14 @@ def test_huge_and_odd_strings_elsewhere_are_4xx(buyer, stripe_proxy):  # noqa: F
 
 
 def test_wrong_authorization_headers_are_401():
-    for header in ["Bearer", "Bearer x.y.z", "Basic dTpw", "Vehicle nodot", "Vehicle a.b", "Bearer " + "a" * 9000]:
+    for header in [
+        "Bearer",
+        "Bearer x.y.z",
+        "Basic dTpw",
+        "Vehicle nodot",
+        "Vehicle a.b",
+        "Bearer " + "a" * 9000,
+    ]:
         response = APIClient().get("/api/v1/me/vehicles/", HTTP_AUTHORIZATION=header)
         assert_error(response, 401)
         response = APIClient().get("/api/v1/vehicle/entitlements/", HTTP_AUTHORIZATION=header)

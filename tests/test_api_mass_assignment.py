@@ -18,7 +18,6 @@ from rest_framework.test import APIClient
 
 from billing.models import Entitlement, Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
 from tests.billing.api_helpers import add_card, catalog_world, localstripe_card, owner_client, post
-from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
 from tests.factories import OwnerFactory, VehicleFactory
 from vehicles.models import Owner, VehicleTransfer
 
@@ -138,11 +137,13 @@ def find_forbidden(value: Any, path: str = "$") -> list[str]:
 
 
 @pytest.fixture
-def setup(stripe_proxy, localstripe_url):  # noqa: F811
+def setup(stripe_proxy, localstripe_url):
     owner, vehicle = catalog_world()
     twin = VehicleFactory(owner=owner, market=vehicle.market, capabilities=list(vehicle.capabilities.all()))
     other = OwnerFactory()
-    other_vehicle = VehicleFactory(owner=other, market=vehicle.market, capabilities=list(vehicle.capabilities.all()))
+    other_vehicle = VehicleFactory(
+        owner=other, market=vehicle.market, capabilities=list(vehicle.capabilities.all())
+    )
     client = owner_client(owner)
     add_card(client, localstripe_card(localstripe_url, "4242424242424242"))
     return owner, vehicle, twin, other, other_vehicle, client
@@ -156,8 +157,21 @@ def purchase_state(vehicle) -> tuple:
         (e.feature_id, e.source, e.ends_at) for e in Entitlement.objects.filter(vehicle=vehicle)
     )
     return (
-        (purchase.owner_id, purchase.offer_id, purchase.price_id, purchase.status, purchase.paid_at is not None),
-        (invoice.owner_id, invoice.kind, invoice.status, invoice.currency, invoice.total_minor, invoice.tax_minor),
+        (
+            purchase.owner_id,
+            purchase.offer_id,
+            purchase.price_id,
+            purchase.status,
+            purchase.paid_at is not None,
+        ),
+        (
+            invoice.owner_id,
+            invoice.kind,
+            invoice.status,
+            invoice.currency,
+            invoice.total_minor,
+            invoice.tax_minor,
+        ),
         (attempt.owner_id, attempt.status, attempt.amount_minor, attempt.payment_method_id),
         entitlements,
     )
@@ -168,7 +182,9 @@ def test_purchase_ignores_extra_fields(setup):
     body = {"offer": "heated_seats_unlock"}
 
     plain = post(client, f"/api/v1/me/vehicles/{twin.pk}/purchases/", body)
-    loaded = post(client, f"/api/v1/me/vehicles/{vehicle.pk}/purchases/", {**body, **extras(other, other_vehicle)})
+    loaded = post(
+        client, f"/api/v1/me/vehicles/{vehicle.pk}/purchases/", {**body, **extras(other, other_vehicle)}
+    )
 
     assert plain.status_code == loaded.status_code == 201, loaded.json()
     assert purchase_state(vehicle) == purchase_state(twin)
@@ -198,8 +214,8 @@ def subscription_state(vehicle) -> tuple:
     )
 
 
-def test_subscription_start_ignores_extra_fields(setup, stripe_proxy):  # noqa: F811
-    owner, vehicle, twin, other, other_vehicle, client = setup
+def test_subscription_start_ignores_extra_fields(setup, stripe_proxy):
+    _owner, vehicle, twin, other, other_vehicle, client = setup
     body = {"offer": "heated_seats_monthly"}
 
     plain = post(client, f"/api/v1/me/vehicles/{twin.pk}/subscriptions/", body)
@@ -218,13 +234,19 @@ def test_subscription_actions_ignore_extra_fields(setup):
     owner, vehicle, twin, other, other_vehicle, client = setup
     sub_ids = []
     for car in (vehicle, twin):
-        response = post(client, f"/api/v1/me/vehicles/{car.pk}/subscriptions/", {"offer": "heated_seats_monthly"})
+        response = post(
+            client, f"/api/v1/me/vehicles/{car.pk}/subscriptions/", {"offer": "heated_seats_monthly"}
+        )
         assert response.status_code == 201
         sub_ids.append(response.json()["subscription"]["id"])
     loaded_id, plain_id = sub_ids
     junk = extras(other, other_vehicle)
 
-    preview_plain = client.post(f"/api/v1/me/subscriptions/{plain_id}/change-preview/", {"offer": "heated_seats_monthly"}, format="json")
+    preview_plain = client.post(
+        f"/api/v1/me/subscriptions/{plain_id}/change-preview/",
+        {"offer": "heated_seats_monthly"},
+        format="json",
+    )
     preview_loaded = client.post(
         f"/api/v1/me/subscriptions/{loaded_id}/change-preview/",
         {"offer": "heated_seats_monthly", **junk},
@@ -236,7 +258,16 @@ def test_subscription_actions_ignore_extra_fields(setup):
     cancel_plain = post(client, f"/api/v1/me/subscriptions/{plain_id}/cancel/", {})
     cancel_loaded = post(client, f"/api/v1/me/subscriptions/{loaded_id}/cancel/", junk)
     assert cancel_plain.status_code == cancel_loaded.status_code == 200, cancel_loaded.json()
-    strip = {"id", "vehicle", "created_at", "current_period_start", "current_period_end", "trial_end", "canceled_at", "ended_at"}
+    strip = {
+        "id",
+        "vehicle",
+        "created_at",
+        "current_period_start",
+        "current_period_end",
+        "trial_end",
+        "canceled_at",
+        "ended_at",
+    }
     assert {k: v for k, v in cancel_loaded.json().items() if k not in strip} == {
         k: v for k, v in cancel_plain.json().items() if k not in strip
     }
@@ -244,7 +275,7 @@ def test_subscription_actions_ignore_extra_fields(setup):
 
 
 def test_payment_method_add_ignores_extra_fields(setup, localstripe_url):
-    owner, vehicle, twin, other, other_vehicle, client = setup
+    owner, _vehicle, _twin, other, other_vehicle, client = setup
     pm = localstripe_card(localstripe_url, "4242424242424242")
 
     response = client.post(
@@ -262,10 +293,12 @@ def test_payment_method_add_ignores_extra_fields(setup, localstripe_url):
 
 
 def test_transfer_start_and_claim_ignore_extra_fields(setup):
-    owner, vehicle, twin, other, other_vehicle, client = setup
+    owner, vehicle, _twin, other, other_vehicle, client = setup
     junk = extras(other, other_vehicle)
 
-    started = client.post(f"/api/v1/me/vehicles/{vehicle.pk}/transfer/", {**junk, "code": "AAAA"}, format="json")
+    started = client.post(
+        f"/api/v1/me/vehicles/{vehicle.pk}/transfer/", {**junk, "code": "AAAA"}, format="json"
+    )
 
     assert started.status_code == 201, started.json()
     transfer = VehicleTransfer.objects.get(pk=started.json()["transfer"])
@@ -287,20 +320,27 @@ def test_login_ignores_extra_fields_and_never_echoes_the_password(setup):
     owner = setup[0]
     response = APIClient().post(
         "/api/v1/auth/token/",
-        {"username": owner.user.username, "password": "pw-for-tests-1", "is_staff": True, "is_superuser": True},
+        {
+            "username": owner.user.username,
+            "password": "pw-for-tests-1",
+            "is_staff": True,
+            "is_superuser": True,
+        },
         format="json",
     )
     assert response.status_code == 200, response.json()
     assert set(response.json()) == {"access", "refresh"}
     owner.user.refresh_from_db()
     assert not owner.user.is_staff and not owner.user.is_superuser
-    wrong = APIClient().post("/api/v1/auth/token/", {"username": owner.user.username, "password": "nope-secret"}, format="json")
+    wrong = APIClient().post(
+        "/api/v1/auth/token/", {"username": owner.user.username, "password": "nope-secret"}, format="json"
+    )
     assert wrong.status_code == 401
     assert b"nope-secret" not in wrong.content
 
 
 def test_no_response_carries_secrets(setup, localstripe_url):
-    owner, vehicle, twin, other, other_vehicle, client = setup
+    owner, vehicle, _twin, _other, other_vehicle, client = setup
     bought = post(client, f"/api/v1/me/vehicles/{vehicle.pk}/purchases/", {"offer": "heated_seats_unlock"})
     assert bought.status_code == 201
     from tests.billing.api_helpers import vehicle_client

@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from billing.services.entitlements import entitlement_grant_admin
 from tests.billing.api_helpers import add_card, catalog_world, owner_client, post, vehicle_client
-from tests.billing.conftest import stripe_proxy, stripe_proxy_server  # noqa: F401 - fixtures
 from tests.factories import CapabilityFactory, FeatureFactory, OfferFactory, PriceFactory, UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
@@ -47,7 +46,8 @@ class Shop:
             extra_hw = CapabilityFactory(code=f"hw_{i}")
             self.vehicle.capabilities.add(extra_hw)
             features = [
-                FeatureFactory(code=f"f_{i}_{j}", required_capabilities=[*self.hardware, extra_hw]) for j in range(3)
+                FeatureFactory(code=f"f_{i}_{j}", required_capabilities=[*self.hardware, extra_hw])
+                for j in range(3)
             ]
             self._one_time(f"unlock_{i}", features=features)
             plan_feature = FeatureFactory(code=f"plan_feature_{i}", required_capabilities=[extra_hw])
@@ -57,7 +57,9 @@ class Shop:
             # an incompatible offer: filtered out, but still loaded
             alien = FeatureFactory(code=f"alien_{i}", required_capabilities=[CapabilityFactory()])
             self._one_time(f"alien_offer_{i}", features=[alien])
-            bought = post(self.client, f"/api/v1/me/vehicles/{self.vehicle.pk}/purchases/", {"offer": f"unlock_{i}"})
+            bought = post(
+                self.client, f"/api/v1/me/vehicles/{self.vehicle.pk}/purchases/", {"offer": f"unlock_{i}"}
+            )
             assert bought.status_code == 201, bought.json()
             subscribed = post(
                 self.client, f"/api/v1/me/vehicles/{self.vehicle.pk}/subscriptions/", {"offer": f"plan_{i}"}
@@ -106,7 +108,7 @@ def purchase_queries(shop: Shop, offer: str) -> int:
     return len(captured.captured_queries)
 
 
-def test_query_counts_do_not_grow_with_the_world(stripe_proxy, django_assert_max_num_queries):  # noqa: F811
+def test_query_counts_do_not_grow_with_the_world(stripe_proxy, django_assert_max_num_queries):
     shop = Shop()
     shop.grow_to(SMALL)
     small = {name: count_queries(request) for name, request in reads(shop).items()}

@@ -34,12 +34,6 @@ _VIN_VALUES = {
 _VIN_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The seed and the factories hash several passwords; PBKDF2 would dominate the run time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def vin_check_digit(vin: str) -> str:
     """ISO 3779 / FMVSS 115 check digit (position 9)."""
     remainder = sum(_VIN_VALUES[c] * w for c, w in zip(vin, _VIN_WEIGHTS, strict=True)) % 11

@@ -49,6 +49,8 @@ def purchase_create(
         raise BusinessRuleViolation(
             "This vehicle already has these features for good.", code=ErrorCode.ALREADY_ENTITLED
         )
+    if price.amount_minor == 0:  # checked before anything is created: nothing to charge
+        raise BusinessRuleViolation("Free offers are granted, not bought.", code=ErrorCode.OFFER_UNAVAILABLE)
     payment_method = payment_method_for_charge(owner=owner, payment_method_id=payment_method_id)
     try:
         with transaction.atomic():
@@ -67,8 +69,6 @@ def purchase_create(
             "A purchase of this offer for this vehicle is already pending or paid.",
             code=ErrorCode.ALREADY_ENTITLED,
         ) from exc
-    if invoice.total_minor == 0:
-        raise BusinessRuleViolation("Free offers are granted, not bought.", code=ErrorCode.OFFER_UNAVAILABLE)
     status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method)
     purchase.refresh_from_db()
     return CheckoutOutcome(status=status, purchase=purchase, invoice=invoice, attempt=attempt)

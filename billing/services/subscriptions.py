@@ -28,6 +28,7 @@ from billing.services.catalog import offer_for_vehicle
 from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end, entitlements_grant_for_subscription_period
+from billing.services.fulfilment import invoice_fulfil_paid
 from billing.services.invoices import LineSpec, invoice_create
 from billing.services.purchases import withdrawal_deadline
 from billing.services.refunds import refund_create, refundable_minor
@@ -289,18 +290,24 @@ def subscription_change_apply(
             subscription.save(update_fields=["pending_offer", "pending_price", "updated_at"])
         return CheckoutOutcome(status="scheduled", subscription=subscription)
     payment_method = payment_method_for_charge(owner=owner, payment_method_id=None)
-    invoice = invoice_create(
-        owner=owner,
-        vehicle=subscription.vehicle,
-        kind=InvoiceKind.PLAN_CHANGE,
-        currency=preview.currency,
-        lines=preview.lines,
-        at=at,
-        subscription=subscription,
-        period_start=at,
-        period_end=subscription.current_period_end,
-        change_to_price=preview.new_price,
-    )
+    with transaction.atomic():
+        invoice = invoice_create(
+            owner=owner,
+            vehicle=subscription.vehicle,
+            kind=InvoiceKind.PLAN_CHANGE,
+            currency=preview.currency,
+            lines=preview.lines,
+            at=at,
+            subscription=subscription,
+            period_start=at,
+            period_end=subscription.current_period_end,
+            change_to_price=preview.new_price,
+        )
+        if invoice.total_minor == 0:  # both lines rounded to 0 (end of period): nothing to charge
+            invoice_fulfil_paid(invoice=invoice, at=at)
+    if invoice.total_minor == 0:
+        subscription.refresh_from_db()
+        return CheckoutOutcome(status="succeeded", subscription=subscription, invoice=invoice)
     status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method)
     subscription.refresh_from_db()
     return CheckoutOutcome(status=status, subscription=subscription, invoice=invoice, attempt=attempt)
