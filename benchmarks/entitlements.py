@@ -95,6 +95,13 @@ def result_from_latencies(
     )
 
 
+def median_result(runs: Sequence[Result]) -> Result:
+    """The run with the median req/s (rounds are interleaved, so background load hits all endpoints
+    alike; the median discards the rounds a burst of it distorted most)."""
+    ordered = sorted(runs, key=lambda r: r.rps)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def format_table(results: Sequence[Result], *, goal: float = GOAL_RATIO) -> str:
     """A fixed-width table; the first result is the baseline the others are compared with."""
     baseline = results[0].rps if results else 0.0
@@ -215,6 +222,7 @@ def gunicorn_running(*, database_url: str, workers: int, worker_class: str, thre
         "DJANGO_DEBUG": "false",
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PYTHONWARNINGS": "ignore:No directory at:UserWarning",  # whitenoise: no collected static files
     }
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),
@@ -458,6 +466,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=1_000, help="vehicles with a credential (rotated)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per endpoint")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring, per endpoint")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median is shown")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-class", choices=("sync", "gthread"), default="sync")
@@ -467,8 +476,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reseed", action="store_true", help="drop the benchmark database first")
     parser.add_argument("--profile", type=int, metavar="N", default=0, help="profile N requests, no server")
     args = parser.parse_args(argv)
-    if not (1 <= args.connections <= 64 and 1 <= args.workers <= 8 and 0 < args.duration <= 120):
-        parser.error("bounds: 1-64 connections, 1-8 workers, duration up to 120 s")
+    if not (
+        1 <= args.connections <= 64
+        and 1 <= args.workers <= 8
+        and 0 < args.duration <= 120
+        and 1 <= args.rounds <= 9
+    ):
+        parser.error("bounds: 1-64 connections, 1-8 workers, duration up to 120 s, 1-9 rounds")
     if not 1 <= args.clients <= args.vehicles:
         parser.error("--clients must be between 1 and --vehicles")
     return args
@@ -489,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from django.db import connections
 
     connections.close_all()  # the server has its own connections
-    results = []
+    rounds: dict[str, list[Result]] = {name: [] for name, _, _ in ENDPOINTS}
     with gunicorn_running(
         database_url=args.database_url,
         workers=args.workers,
@@ -497,13 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
     ) as port:
         endpoints_check(port, credentials)
-        for name, path, needs_auth in ENDPOINTS:
-            say(
-                f"loading {path}: {args.warmup:g} s warm-up + {args.duration:g} s, "
-                f"{args.connections} connections"
-            )
-            results.append(
-                load(
+        for number in range(1, args.rounds + 1):
+            for name, path, needs_auth in ENDPOINTS:
+                say(
+                    f"round {number}/{args.rounds}: {path}: {args.warmup:g} s warm-up + {args.duration:g} s, "
+                    f"{args.connections} connections"
+                )
+                result = load(
                     port=port,
                     name=name,
                     path=path,
@@ -512,12 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warmup=args.warmup,
                     connections=args.connections,
                 )
-            )
-            say(f"  {results[-1].rps:,.0f} req/s, p99 {results[-1].p99_ms:.2f} ms")
+                rounds[name].append(result)
+                say(f"  {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
+    results = [median_result(runs) for runs in rounds.values()]
     say(
         f"\n{args.vehicles:,} vehicles, {len(credentials):,} client credentials (rotated), gunicorn "
         f"{args.workers} x {args.worker_class}, {args.connections} connections, "
-        f"{args.duration:g} s per endpoint, "
+        f"{args.rounds} x {args.duration:g} s per endpoint (interleaved; median round shown), "
         f"load generator: {'wrk' if use_wrk else 'Python http.client threads'}"
     )
     say(

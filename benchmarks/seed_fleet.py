@@ -30,7 +30,7 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
-from vehicles.models import Market, Owner, Ownership, Vehicle
+from vehicles.models import Market, Owner, Ownership, Vehicle, VehicleCredential
 from vehicles.services.credentials import vehicle_credential_issue
 
 VIN_PREFIX = "BNCH"
@@ -255,8 +255,14 @@ def client_credentials_issue(*, clients: int, vehicles: int, progress: Progress 
     vins = [bench_vin(i) for i in range(0, vehicles, step)][:clients]
     chosen = list(Vehicle.objects.filter(vin__in=vins).order_by("vin"))
     headers = []
+    key_ids = []
     for number, vehicle in enumerate(chosen, 1):
-        headers.append(vehicle_credential_issue(vehicle=vehicle).authorization)
+        issued = vehicle_credential_issue(vehicle=vehicle)
+        headers.append(issued.authorization)
+        key_ids.append(issued.key_id)
         if number % 250 == 0 or number == len(chosen):
             say(f"  credentials {number:,}/{len(chosen):,}")
+    # Steady state of polling cars: each credential was used within the last minute, so requests
+    # write `last_used_at` at most once a minute per car (a fresh credential's first use writes).
+    VehicleCredential.objects.filter(key_id__in=key_ids).update(last_used_at=timezone.now())
     return headers

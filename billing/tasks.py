@@ -6,10 +6,14 @@ The sweeps are safe to run concurrently and twice (row locks with SKIP LOCKED, i
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from celery import shared_task
+from django.utils import timezone
 
 from billing.services.payments import payment_attempts_reconcile
 from billing.services.refunds import refunds_reconcile
+from billing.services.renewals import subscriptions_renew_due
 from core.idempotency import idempotency_records_purge
 
 
@@ -35,3 +39,9 @@ def flush_expired_tokens() -> None:
     from django.core.management import call_command
 
     call_command("flushexpiredtokens")
+
+
+@shared_task(acks_late=True, time_limit=280, soft_time_limit=240)
+def renew_due_subscriptions() -> dict:
+    """Start the next period of every subscription due now (charge, or end if canceled)."""
+    return asdict(subscriptions_renew_due(at=timezone.now()))

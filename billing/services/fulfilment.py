@@ -69,7 +69,8 @@ def _apply_plan_change(*, subscription: Subscription, invoice: Invoice, at: date
 
 
 def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
-    """A declined first payment grants nothing and closes what it was for."""
+    """A declined payment grants nothing: a first payment closes what it was for, a renewal
+    leaves the subscription past due."""
     if invoice.kind == InvoiceKind.PURCHASE:
         Purchase.objects.filter(pk=invoice.purchase_id, status=PurchaseStatus.PENDING).update(
             status=PurchaseStatus.FAILED
@@ -83,3 +84,7 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
             subscription.status, subscription.canceled_at, subscription.ended_at = "canceled", at, at
             subscription.save(update_fields=["status", "canceled_at", "ended_at", "updated_at"])
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
+        elif subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
+            # A renewal was declined: the invoice stays open for dunning, no new period is granted.
+            subscription_transition(subscription=subscription, to=SubscriptionStatus.PAST_DUE)
+            subscription.save(update_fields=["status", "updated_at"])

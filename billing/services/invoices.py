@@ -96,3 +96,30 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime) -> Invoice:
         fields.append("paid_at")
     invoice.save(update_fields=fields)
     return invoice
+
+
+def subscription_period_invoice_create(
+    *, subscription, period_start: datetime, period_end: datetime, at: datetime
+) -> Invoice:
+    """The invoice of one subscription period, at the subscription's price. The database allows
+    one per (subscription, period_start): a second attempt raises IntegrityError."""
+    offer, price = subscription.offer, subscription.price
+    return invoice_create(
+        owner=subscription.owner,
+        vehicle=subscription.vehicle,
+        kind=InvoiceKind.SUBSCRIPTION_PERIOD,
+        currency=price.currency,
+        lines=[
+            LineSpec(
+                description=f"{offer.name} {period_start:%Y-%m-%d} to {period_end:%Y-%m-%d}",
+                amount_minor=price.amount_minor,
+                offer_id=offer.pk,
+                period_start=period_start,
+                period_end=period_end,
+            )
+        ],
+        at=at,
+        subscription=subscription,
+        period_start=period_start,
+        period_end=period_end,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 SCHEDULES = {
+    "renew due subscriptions": ("billing.tasks.renew_due_subscriptions", 1, IntervalSchedule.MINUTES),
     "reconcile payments": ("billing.tasks.reconcile_payments", 5, IntervalSchedule.MINUTES),
     "reconcile refunds": ("billing.tasks.reconcile_refunds", 5, IntervalSchedule.MINUTES),
     "purge idempotency records": ("billing.tasks.purge_idempotency_records", 1, IntervalSchedule.HOURS),

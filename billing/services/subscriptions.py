@@ -29,7 +29,7 @@ from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end, entitlements_grant_for_subscription_period
 from billing.services.fulfilment import invoice_fulfil_paid
-from billing.services.invoices import LineSpec, invoice_create
+from billing.services.invoices import LineSpec, invoice_create, subscription_period_invoice_create
 from billing.services.purchases import withdrawal_deadline
 from billing.services.refunds import refund_create, refundable_minor
 from core.errors import BusinessRuleViolation, ErrorCode, NotFound
@@ -109,24 +109,8 @@ def subscription_start(
                 current_period_start=at,
                 current_period_end=period_end,
             )
-            invoice = invoice_create(
-                owner=owner,
-                vehicle=vehicle,
-                kind=InvoiceKind.SUBSCRIPTION_PERIOD,
-                currency=price.currency,
-                lines=[
-                    LineSpec(
-                        description=f"{offer.name} {at:%Y-%m-%d} to {period_end:%Y-%m-%d}",
-                        amount_minor=price.amount_minor,
-                        offer_id=offer.pk,
-                        period_start=at,
-                        period_end=period_end,
-                    )
-                ],
-                at=at,
-                subscription=subscription,
-                period_start=at,
-                period_end=period_end,
+            invoice = subscription_period_invoice_create(
+                subscription=subscription, period_start=at, period_end=period_end, at=at
             )
     except IntegrityError as exc:
         raise BusinessRuleViolation(

@@ -1,0 +1,153 @@
+"""Renewals: the scheduled sweep that starts each subscription's next period, exactly once.
+
+For every live subscription whose period has ended: cancel it if it was set to cancel, apply a
+pending downgrade, open the invoice of the next period (unique per subscription and period start),
+and charge it off-session. The entitlement of the new period is granted only when the payment
+succeeds (`fulfilment`); a decline leaves the subscription past due. Concurrent sweeps take
+rows with SKIP LOCKED, and the invoice constraint plus the one-live-attempt constraint make a
+second charge for the same period impossible even if two workers raced past the lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from django.db import IntegrityError, transaction
+
+from billing.models import (
+    Invoice,
+    PaymentMethod,
+    Subscription,
+    SubscriptionStatus,
+)
+from billing.services.checkout import invoice_charge
+from billing.services.entitlements import entitlements_end
+from billing.services.invoices import subscription_period_invoice_create
+from core.errors import BillingError
+from core.periods import Interval, period_at
+
+log = structlog.get_logger(__name__)
+RENEWABLE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
+STRANDED_AFTER = timedelta(minutes=5)
+
+
+@dataclass
+class SweepReport:
+    renewed: int = 0
+    canceled: int = 0
+    declined: int = 0
+    pending: int = 0  # requires action or unknown outcome: settled later
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def subscriptions_renew_due(*, at: datetime, limit: int = 500) -> SweepReport:
+    """Renew every subscription due at `at`. Safe to run on several workers at once."""
+    report = SweepReport()
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Subscription.objects.select_for_update(skip_locked=True)
+                .filter(status__in=RENEWABLE, current_period_end__lte=at)
+                .order_by("current_period_end")
+                .values_list("pk", flat=True)[:50]
+            )
+        if not batch:
+            break
+        for subscription_id in batch:
+            _renew_one(subscription_id=subscription_id, at=at, report=report)
+            limit -= 1
+        if limit <= 0:
+            break
+    for invoice in _stranded_renewal_invoices(at=at):
+        _charge(invoice=invoice, report=report)
+    return report
+
+
+def _stranded_renewal_invoices(*, at: datetime) -> list[Invoice]:
+    """Renewal invoices opened by a sweep that died before charging them (no attempt at all)."""
+    return list(
+        Invoice.objects.filter(
+            kind="subscription_period",
+            status="open",
+            subscription__status__in=RENEWABLE,
+            created_at__lt=at - STRANDED_AFTER,
+            attempts__isnull=True,
+        )[:100]
+    )
+
+
+def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> None:
+    try:
+        invoice = subscription_renew(subscription_id=subscription_id, at=at)
+    except BillingError as exc:
+        report.errors.append(f"{subscription_id}: {exc.code}")
+        return
+    if invoice is None:
+        report.canceled += 1
+        return
+    if invoice == "skipped":
+        report.skipped += 1
+        return
+    _charge(invoice=invoice, report=report)
+
+
+def _charge(*, invoice: Invoice, report: SweepReport) -> None:
+    subscription_id = invoice.subscription_id
+    try:
+        method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
+        if method is None:
+            raise BillingError("The owner has no default payment method.", code="no_payment_method")
+        status, _ = invoice_charge(invoice=invoice, payment_method=method)
+    except BillingError as exc:
+        if exc.code == "payment_declined":
+            report.declined += 1
+        else:
+            report.errors.append(f"{subscription_id}: {exc.code}")
+            log.warning("renewal_charge_failed", subscription=str(subscription_id), code=str(exc.code))
+        return
+    if status == "succeeded":
+        report.renewed += 1
+    else:
+        report.pending += 1
+
+
+def subscription_renew(*, subscription_id, at: datetime) -> Invoice | str | None:
+    """Advance one due subscription to its next period and open that period's invoice.
+
+    Returns the invoice to charge, None when the subscription ended instead, or "skipped" when
+    another worker holds it or it is not due any more.
+    """
+    with transaction.atomic():
+        subscription = (
+            Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("offer", "price", "pending_price__offer")
+            .filter(pk=subscription_id, status__in=RENEWABLE, current_period_end__lte=at)
+            .first()
+        )
+        if subscription is None:
+            return "skipped"
+        period_start = subscription.current_period_end
+        if subscription.cancel_at_period_end:
+            subscription.status, subscription.ended_at = SubscriptionStatus.CANCELED, period_start
+            subscription.save(update_fields=["status", "ended_at", "updated_at"])
+            entitlements_end(subscription=subscription, at=period_start)
+            return None
+        if subscription.pending_price_id:
+            subscription.offer, subscription.price = (
+                subscription.pending_price.offer,
+                subscription.pending_price,
+            )
+            subscription.pending_offer = subscription.pending_price = None
+        period = period_at(subscription.billing_anchor, Interval(subscription.offer.interval), period_start)
+        subscription.current_period_start, subscription.current_period_end = period.start, period.end
+        subscription.save()
+        try:
+            with transaction.atomic():
+                return subscription_period_invoice_create(
+                    subscription=subscription, period_start=period.start, period_end=period.end, at=at
+                )
+        except IntegrityError:  # this period's invoice exists: renewed already
+            return "skipped"
