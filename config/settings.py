@@ -180,6 +180,26 @@ CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 
+# --- Cache and abuse limits -------------------------------------------------------------
+# Rate-limit counters must be atomic across processes: Redis INCR when REDIS_URL is set.
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"billing{os.environ.get('TEST_DB_SUFFIX', '')}",
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+# requests per window, per owner (checkout) or per vehicle (entitlement token)
+RATE_LIMITS = {
+    "checkout": os.environ.get("RATE_LIMIT_CHECKOUT", "20/minute"),
+    "vehicle_token": os.environ.get("RATE_LIMIT_VEHICLE_TOKEN", "60/minute"),
+    "login": os.environ.get("RATE_LIMIT_LOGIN", "10/minute"),
+}
+
 # --- Stripe ----------------------------------------------------------------------------
 # With no STRIPE_SECRET_KEY the gateway talks to localstripe on loopback (STRIPE_API_BASE).
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")

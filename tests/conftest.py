@@ -29,6 +29,12 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _generous_rate_limits(settings) -> None:
+    """Counters live in Redis across tests and runs; tests of the limits set their own."""
+    settings.RATE_LIMITS = {scope: "100000/minute" for scope in settings.RATE_LIMITS}
+
+
 def pytest_report_header(config) -> list[str]:
     db = settings.DATABASES["default"]
     return [

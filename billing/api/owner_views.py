@@ -19,6 +19,7 @@ from billing.services import customers, purchases, subscriptions, transfers
 from billing.services.checkout import CheckoutOutcome
 from billing.services.payments import payment_attempt_refresh
 from core.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
+from core.ratelimit import CheckoutThrottle
 from vehicles.api.permissions import IsOwner, current_owner
 from vehicles.models import Vehicle
 from vehicles.selectors import vehicle_of_owner, vehicles_of_owner
@@ -110,7 +111,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         examples=[DECLINED_EXAMPLE, INCOMPATIBLE_EXAMPLE],
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], throttle_classes=[CheckoutThrottle])
     @idempotent
     def purchases(self, request, pk=None):
         data = _valid(s.PurchaseCreateInput, request)
@@ -130,7 +131,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
         examples=[DECLINED_EXAMPLE, INCOMPATIBLE_EXAMPLE],
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], throttle_classes=[CheckoutThrottle])
     @idempotent
     def subscriptions(self, request, pk=None):
         data = _valid(s.SubscriptionCreateInput, request)
@@ -227,7 +228,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
         responses=CHECKOUT_RESPONSES,
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], throttle_classes=[CheckoutThrottle])
     @idempotent
     def change(self, request, pk=None):
         data = _valid(s.PlanChangeInput, request)

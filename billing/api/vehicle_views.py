@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from billing.api.serializers import EntitlementTokenSerializer, VehicleEntitlementsSerializer
 from billing.selectors import features_active_at
 from billing.services.offline_tokens import FeatureGrant, offline_token_issue
+from core.ratelimit import VehicleTokenThrottle
 from vehicles.api.authentication import VehicleCredentialAuthentication
 from vehicles.api.permissions import IsVehicle, current_vehicle
 
@@ -74,6 +75,8 @@ class VehicleEntitlementsView(VehicleAPIView):
 
 
 class VehicleEntitlementTokenView(VehicleAPIView):
+    throttle_classes = [VehicleTokenThrottle]
+
     @extend_schema(
         summary="A signed offline entitlement token (compact JWS, Ed25519) for this vehicle",
         description="Claims: iss, aud (the VIN), sub (vehicle id), features [{code, until}], iat, nbf, exp, "

@@ -10,7 +10,7 @@ from billing.services.signing_keys import signing_key_for_signing, signing_key_r
 from core.models import SigningKey
 from tests.factories import VehicleFactory
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.billing.urls_jwks")]
+pytestmark = [pytest.mark.django_db]
 URL = "/api/v1/.well-known/jwks.json"
 
 

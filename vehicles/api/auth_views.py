@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
+from core.ratelimit import LoginThrottle
 from vehicles.services.credentials import (
     TOKEN_REUSED,
     owner_logout,
@@ -102,6 +103,8 @@ class _TokenEndpoint(APIView):
 
 
 class LoginView(_TokenEndpoint):
+    throttle_classes = [LoginThrottle]
+
     @extend_schema(
         tags=[TAG],
         operation_id="auth_token_obtain",

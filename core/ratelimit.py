@@ -1,0 +1,71 @@
+"""Abuse limits enforced atomically across processes (R24).
+
+DRF's own throttles read, compare and write back a cached history: two workers can both pass
+the last slot. Here each window is one counter in the shared cache (Redis in production and tests),
+created with SET NX and incremented with INCR, both atomic: at most `limit` requests pass.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.throttling import BaseThrottle
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """'20/minute' -> (20, 60)."""
+    count, _, period = rate.partition("/")
+    return int(count), _PERIODS[period.rstrip("s")]
+
+
+def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple[bool, int]:
+    """Count one request of `ident` in `scope`; returns (allowed, seconds until the window ends)."""
+    limit, period = parse_rate(settings.RATE_LIMITS[scope])
+    now = time.time() if now is None else now
+    window = int(now // period)
+    key = f"ratelimit:{scope}:{ident}:{window}"
+    cache.add(key, 0, timeout=period + 1)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # the window expired between add and incr
+        cache.add(key, 1, timeout=period + 1)
+        count = 1
+    return count <= limit, max(1, int((window + 1) * period - now))
+
+
+class AtomicScopedThrottle(BaseThrottle):
+    """Subclass with `scope`; identifies the caller by owner, vehicle or (anonymous) address."""
+
+    scope = ""
+
+    def allow_request(self, request, view) -> bool:
+        allowed, self._wait = rate_limit_hit(scope=self.scope, ident=self._ident(request))
+        return allowed
+
+    def wait(self) -> int:
+        return self._wait
+
+    def _ident(self, request) -> str:
+        user = request.user
+        vehicle = getattr(user, "vehicle", None)
+        if vehicle is not None:
+            return f"vehicle:{vehicle.pk}"
+        if user is not None and getattr(user, "is_authenticated", False):
+            return f"user:{user.pk}"
+        return f"addr:{self.get_ident(request)}"
+
+
+class CheckoutThrottle(AtomicScopedThrottle):
+    scope = "checkout"
+
+
+class VehicleTokenThrottle(AtomicScopedThrottle):
+    scope = "vehicle_token"
+
+
+class LoginThrottle(AtomicScopedThrottle):
+    scope = "login"
