@@ -211,8 +211,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_reachable(url: str) -> bool:
+    """Whether a Redis server answers PING at `url` (loopback only)."""
+    parts = urllib.parse.urlsplit(url)
+    _require_loopback(parts.hostname or "", "the benchmark Redis")
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def gunicorn_running(*, database_url: str, workers: int, worker_class: str, threads: int) -> Iterator[int]:
+def gunicorn_running(
+    *, database_url: str, redis_url: str, workers: int, worker_class: str, threads: int
+) -> Iterator[int]:
     """gunicorn on 127.0.0.1:<free port> for the duration of the block; always stopped after."""
     port = free_port()
     env = {
@@ -223,6 +237,9 @@ def gunicorn_running(*, database_url: str, workers: int, worker_class: str, thre
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "PYTHONWARNINGS": "ignore:No directory at:UserWarning",  # whitenoise: no collected static files
+        "REDIS_URL": redis_url,  # the cache of the rate limits (empty: per-process memory)
+        # 1,000 simulated cars fetch tokens far more often than real ones: count, but never refuse.
+        "RATE_LIMIT_VEHICLE_TOKEN": "100000000/minute",
     }
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),
@@ -473,6 +490,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+        help="cache of the server's rate limits, as in production; unreachable: per-process memory",
+    )
     parser.add_argument("--reseed", action="store_true", help="drop the benchmark database first")
     parser.add_argument("--profile", type=int, metavar="N", default=0, help="profile N requests, no server")
     args = parser.parse_args(argv)
@@ -503,9 +525,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from django.db import connections
 
     connections.close_all()  # the server has its own connections
+    redis_url = args.redis_url if args.redis_url and redis_reachable(args.redis_url) else ""
+    say(f"rate-limit cache: {redis_url or 'per-process memory (no Redis reachable)'}")
     rounds: dict[str, list[Result]] = {name: [] for name, _, _ in ENDPOINTS}
     with gunicorn_running(
         database_url=args.database_url,
+        redis_url=redis_url,
         workers=args.workers,
         worker_class=args.worker_class,
         threads=args.threads,
@@ -533,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{args.vehicles:,} vehicles, {len(credentials):,} client credentials (rotated), gunicorn "
         f"{args.workers} x {args.worker_class}, {args.connections} connections, "
         f"{args.rounds} x {args.duration:g} s per endpoint (interleaved; median round shown), "
-        f"load generator: {'wrk' if use_wrk else 'Python http.client threads'}"
+        f"load generator: {'wrk' if use_wrk else 'Python http.client threads'}, "
+        f"rate-limit cache: {'Redis' if redis_url else 'memory'}"
     )
     say(
         f"note: this machine has {os.cpu_count()} CPU cores; the load generator, gunicorn and PostgreSQL "
