@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 from billing.models import Entitlement, EntitlementSource, Feature, Offer, Price, Subscription, TrialUsage
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from vehicles.models import Vehicle
+from vehicles.state_cache import LOCAL_MAX_AGE, LocalVersionedCache
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,40 @@ def features_active_at(*, vehicle_id, at: datetime) -> list[ActiveFeature]:
     of their ends. Back-to-back subscription periods are merged: a period starting exactly
     at the current period's end extends the validity, so the car sees no gap at renewal.
     """
+    return features_snapshot(vehicle_id=vehicle_id, at=at)[0]
+
+
+def features_snapshot(*, vehicle_id, at: datetime) -> tuple[list[ActiveFeature], datetime | None]:
+    """`features_active_at` and the next instant at which the answer can change by itself
+    (an entitlement starting or ending); None when no such instant is ahead."""
     with connection.cursor() as cursor:
         cursor.execute(_FEATURE_SPANS_SQL, [vehicle_id, at])
         rows = cursor.fetchall()
+    boundaries = [
+        t for _, _, starts_at, ends_at in rows for t in (starts_at, ends_at) if t is not None and t > at
+    ]
+    return _merge_spans(rows, at), min(boundaries, default=None)
+
+
+_hot_features = LocalVersionedCache()
+
+
+def features_snapshot_cached(
+    *, vehicle_id, version: str, at: datetime
+) -> tuple[list[ActiveFeature], datetime | None]:
+    """`features_snapshot` served from this process's hot copy while the vehicle's state stamp
+    (`vehicles.state_cache`) is unchanged and no entitlement boundary has passed."""
+    hit = _hot_features.get(vehicle_id, version)
+    if hit is not None and (hit[1] is None or at < hit[1]):
+        return hit
+    snapshot = features_snapshot(vehicle_id=vehicle_id, at=at)
+    next_change = snapshot[1]
+    ttl = LOCAL_MAX_AGE if next_change is None else max(0.0, (next_change - at).total_seconds())
+    _hot_features.put(vehicle_id, version, snapshot, ttl=ttl)
+    return snapshot
+
+
+def _merge_spans(rows, at: datetime) -> list[ActiveFeature]:
     by_code: dict[str, list[tuple[str, datetime, datetime | None]]] = {}
     for code, source, starts_at, ends_at in rows:
         by_code.setdefault(code, []).append((source, starts_at, ends_at))

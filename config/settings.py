@@ -185,7 +185,7 @@ CELERY_TIMEZONE = "UTC"
 CACHES = {
     "default": (
         {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.cache.ReusedClientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"billing{os.environ.get('TEST_DB_SUFFIX', '')}",
         }

@@ -2,10 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.api.urls import vehicle_urlpatterns
 from core.health import healthz
 from core.views import ping
 
+# The vehicle routes come first: every car of every fleet polls them, and Django tries
+# patterns in order.
 urlpatterns = [
+    path("api/v1/", include(vehicle_urlpatterns)),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("ping", ping, name="ping"),

@@ -35,6 +35,20 @@ def _generous_rate_limits(settings) -> None:
     settings.RATE_LIMITS = {scope: "100000/minute" for scope in settings.RATE_LIMITS}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_memos() -> None:
+    """Per-process hot copies must not carry rows of an earlier test's rolled-back transaction."""
+    from billing.selectors import _hot_features
+    from billing.services.offline_tokens import _recent_tokens
+    from billing.services.signing_keys import signing_key_memo_clear
+    from vehicles.services.credentials import _credentials
+
+    signing_key_memo_clear()
+    _hot_features.clear()
+    _credentials.clear()
+    _recent_tokens.clear()
+
+
 def pytest_report_header(config) -> list[str]:
     db = settings.DATABASES["default"]
     return [

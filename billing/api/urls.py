@@ -13,8 +13,8 @@ router.register("me/invoices", owner_views.MyInvoiceViewSet, basename="my-invoic
 router.register("me/payments", owner_views.MyPaymentViewSet, basename="my-payment")
 router.register("me/payment-methods", owner_views.MyPaymentMethodViewSet, basename="my-payment-method")
 
-urlpatterns = [
-    path("", include(router.urls)),
+# Mounted at /api/v1/ ahead of everything else by config/urls.py (the hottest routes).
+vehicle_urlpatterns = [
     path(
         "vehicle/entitlements/", vehicle_views.VehicleEntitlementsView.as_view(), name="vehicle-entitlements"
     ),
@@ -23,5 +23,9 @@ urlpatterns = [
         vehicle_views.VehicleEntitlementTokenView.as_view(),
         name="vehicle-entitlement-token",
     ),
+]
+
+urlpatterns = [
+    path("", include(router.urls)),
     *jwks_urlpatterns,
 ]

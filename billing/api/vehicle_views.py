@@ -8,12 +8,13 @@ import json
 
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.api.serializers import EntitlementTokenSerializer, VehicleEntitlementsSerializer
-from billing.selectors import features_active_at
-from billing.services.offline_tokens import FeatureGrant, offline_token_issue
+from billing.selectors import features_snapshot_cached
+from billing.services.offline_tokens import FeatureGrant, offline_token_current
 from core.ratelimit import VehicleTokenThrottle
 from vehicles.api.authentication import VehicleCredentialAuthentication
 from vehicles.api.permissions import IsVehicle, current_vehicle
@@ -30,10 +31,18 @@ IF_NONE_MATCH = OpenApiParameter(
 class VehicleAPIView(APIView):
     authentication_classes = [VehicleCredentialAuthentication]
     permission_classes = [IsVehicle]
+    renderer_classes = [JSONRenderer]  # cars read JSON; no browsable API on the hottest routes
 
 
-def _features(vehicle_id):
-    return features_active_at(vehicle_id=vehicle_id, at=timezone.now())
+def _snapshot(request, at):
+    """The calling vehicle's features now and their next boundary, from the hot copy keyed by
+    its state stamp (set on the credential by the authentication)."""
+    vehicle = current_vehicle(request)
+    return features_snapshot_cached(vehicle_id=vehicle.pk, version=request.auth.state_version, at=at)
+
+
+def _isoformat(value):
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 class VehicleEntitlementsView(VehicleAPIView):
@@ -61,17 +70,16 @@ class VehicleEntitlementsView(VehicleAPIView):
         ],
     )
     def get(self, request):
-        vehicle = current_vehicle(request)
-        features = _features(vehicle.pk)
-        state = [(f.code, f.valid_until.isoformat() if f.valid_until else None, f.sources) for f in features]
-        etag = '"' + hashlib.sha256(json.dumps([vehicle.vin, state]).encode()).hexdigest()[:32] + '"'
+        vehicle, now = current_vehicle(request), timezone.now()
+        features = [
+            {"code": f.code, "valid_until": _isoformat(f.valid_until), "sources": list(f.sources)}
+            for f in _snapshot(request, now)[0]
+        ]  # the shape of VehicleEntitlementsSerializer, built directly: this is the hottest route
+        etag = '"' + hashlib.sha256(json.dumps([vehicle.vin, features]).encode()).hexdigest()[:32] + '"'
         if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
             return Response(status=304, headers={"ETag": etag})
-        body = {"vin": vehicle.vin, "at": timezone.now(), "features": features}
-        return Response(
-            VehicleEntitlementsSerializer(body).data,
-            headers={"ETag": etag, "Cache-Control": "private, no-cache"},
-        )
+        body = {"vin": vehicle.vin, "at": _isoformat(now), "features": features}
+        return Response(body, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
 
 
 class VehicleEntitlementTokenView(VehicleAPIView):
@@ -86,6 +94,13 @@ class VehicleEntitlementTokenView(VehicleAPIView):
     def get(self, request):
         vehicle = current_vehicle(request)
         now = timezone.now()
-        grants = [FeatureGrant(code=f.code, valid_until=f.valid_until) for f in _features(vehicle.pk)]
-        issued = offline_token_issue(vehicle_id=str(vehicle.pk), vin=vehicle.vin, features=grants, now=now)
+        features, next_change = _snapshot(request, now)
+        issued = offline_token_current(
+            vehicle_id=str(vehicle.pk),
+            vin=vehicle.vin,
+            features=[FeatureGrant(code=f.code, valid_until=f.valid_until) for f in features],
+            state_version=request.auth.state_version,
+            next_change=next_change,
+            now=now,
+        )
         return Response(EntitlementTokenSerializer(issued).data, headers={"Cache-Control": "no-store"})

@@ -15,6 +15,7 @@ from django.db.models import Q
 from billing.models import Entitlement, EntitlementSource, Feature, Offer, Purchase, Subscription
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Vehicle
+from vehicles.state_cache import vehicle_state_changed
 
 
 def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
@@ -47,6 +48,7 @@ def entitlements_grant_for_subscription_period(
             },
         )
         granted.append(entitlement)
+    vehicle_state_changed(subscription.vehicle_id)
     return granted
 
 
@@ -67,6 +69,7 @@ def entitlements_grant_for_purchase(*, purchase: Purchase, starts_at: datetime) 
             },
         )
         granted.append(entitlement)
+    vehicle_state_changed(purchase.vehicle_id)
     return granted
 
 
@@ -87,6 +90,7 @@ def entitlements_grant_included(
             defaults={"ends_at": ends_at},
         )
         granted.append(entitlement)
+    vehicle_state_changed(vehicle.pk)
     return granted
 
 
@@ -103,6 +107,7 @@ def entitlement_grant_admin(
     _check_period(starts_at, ends_at)
     if not reason.strip():
         raise ValidationError("A comp grant needs a reason (it is kept for audit).")
+    vehicle_state_changed(vehicle.pk)
     return Entitlement.objects.create(
         vehicle=vehicle,
         feature=feature,
@@ -127,6 +132,7 @@ def entitlements_end(
         else (Entitlement.objects.filter(purchase=purchase))
     )
     with transaction.atomic():
+        vehicle_state_changed((subscription or purchase).vehicle_id)
         removed, _ = rows.filter(starts_at__gte=at).delete()
         cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
     return removed + cut

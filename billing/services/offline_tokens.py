@@ -22,6 +22,7 @@ from joserfc.jwk import OKPKey
 
 from billing.services.signing_keys import ALGORITHM, CURVE, KEY_TYPE, signing_key_for_signing
 from core.errors import BillingError, ErrorCode, ValidationError
+from vehicles.state_cache import LocalVersionedCache
 
 #: Explicit JWT type (RFC 8725 section 3.11) so no other JWT of ours passes as an entitlement.
 TOKEN_TYPE = "entitlement+jwt"
@@ -57,6 +58,15 @@ class IssuedToken:
     jti: str
     issued_at: datetime
     expires_at: datetime
+
+
+_private_keys: dict[str, OKPKey] = {}  # kid -> parsed key; a kid names one key forever
+
+
+def _private_key(kid: str, private_jwk: dict) -> OKPKey:
+    if kid not in _private_keys:
+        _private_keys[kid] = OKPKey.import_key(private_jwk)
+    return _private_keys[kid]
 
 
 def _unix(value: datetime) -> int:
@@ -97,7 +107,7 @@ def offline_token_issue(
         "jti": jti,
     }
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": TOKEN_TYPE}
-    private_key = OKPKey.import_key(key.private_jwk)
+    private_key = _private_key(key.kid, key.private_jwk)
     token = jwt.encode(header, claims, private_key, algorithms=[ALGORITHM])
     return IssuedToken(token=token, kid=key.kid, jti=jti, issued_at=issued_at, expires_at=expires_at)
 
@@ -192,3 +202,34 @@ def offline_token_verify(
         raise TokenInvalid("malformed")
     _check_claims(claims, vin=vin, now=now, leeway=leeway)
     return claims
+
+
+# Cars poll for tokens far more often than their rights change: within a short window the token
+# just issued to the same car, for the same state stamp and before any entitlement boundary, is
+# handed out again instead of signing a new one.
+TOKEN_REUSE_WINDOW = timedelta(seconds=60)
+_recent_tokens = LocalVersionedCache(max_entries=100_000)
+
+
+def offline_token_current(
+    *,
+    vehicle_id: str,
+    vin: str,
+    features: Sequence[FeatureGrant],
+    state_version: str,
+    next_change: datetime | None,
+    now: datetime,
+) -> IssuedToken:
+    """`offline_token_issue`, reusing this process's last token for the vehicle while its state
+    stamp is unchanged, `TOKEN_REUSE_WINDOW` has not passed and no entitlement boundary came."""
+    recent = _recent_tokens.get(vehicle_id, state_version)
+    if recent is not None:
+        token, reuse_until = recent
+        if token.issued_at <= now < reuse_until:
+            return token
+    token = offline_token_issue(vehicle_id=vehicle_id, vin=vin, features=features, now=now)
+    reuse_until = min(t for t in (token.issued_at + TOKEN_REUSE_WINDOW, next_change) if t is not None)
+    _recent_tokens.put(
+        vehicle_id, state_version, (token, reuse_until), ttl=TOKEN_REUSE_WINDOW.total_seconds()
+    )
+    return token

@@ -50,6 +50,7 @@ def signing_key_create(*, published_at: datetime, active_from: datetime) -> Sign
     _require_aware(published_at=published_at, active_from=active_from)
     if active_from < published_at:
         raise ValidationError("A key must be published before it signs.", details={"field": "active_from"})
+    signing_key_memo_clear()
     key = OKPKey.generate_key(CURVE, private=True)
     kid = key.thumbprint()
     params = {"kid": kid, "alg": ALGORITHM, "use": "sig"}
@@ -70,15 +71,40 @@ def _signing_key_current(*, at: datetime) -> SigningKey | None:
     return _signing_keys_usable(at=at).order_by("-active_from", "-id").first()
 
 
+# The signing key looked up last, reused for `_MEMO_TTL` by this process (one query less per token).
+# It never outlives the key's retirement nor the activation of a newer key known at lookup time;
+# a key rotated in by another process meanwhile was published long before it signs, so signing
+# with the previous one for a few more seconds is still valid.
+_MEMO_TTL = timedelta(seconds=30)
+_memo: tuple[datetime, datetime, SigningKey] | None = None
+
+
+def signing_key_memo_clear() -> None:
+    global _memo
+    _memo = None
+
+
 def signing_key_for_signing(*, at: datetime) -> SigningKey:
     """The newest key active at `at` and not retired.
 
     With none (first use, or every key retired) one is bootstrapped, published and
     active at `at`, under a lock so concurrent first requests create exactly one.
     """
+    global _memo
     _require_aware(at=at)
+    memo = _memo
+    if memo is not None and memo[0] <= at < memo[1]:
+        return memo[2]
     key = _signing_key_current(at=at)
     if key is not None:
+        next_activation = (
+            SigningKey.objects.filter(active_from__gt=at)
+            .order_by("active_from")
+            .values_list("active_from", flat=True)
+            .first()
+        )
+        ends = [t for t in (key.retires_at, next_activation) if t is not None]
+        _memo = (at, min([at + _MEMO_TTL, *ends]), key)
         return key
     with transaction.atomic():
         _lock_keys()

@@ -34,6 +34,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from core.errors import BillingError, ErrorCode
 from vehicles.models import Vehicle, VehicleCredential
+from vehicles.state_cache import LocalVersionedCache, vehicle_state_changed, vehicle_state_version
 
 logger = structlog.get_logger(__name__)
 
@@ -98,6 +99,7 @@ def vehicle_credential_issue(*, vehicle: Vehicle) -> IssuedCredential:
         key_id=KEY_ID_PREFIX + secrets.token_hex(12),
         secret_hash=vehicle_secret_hash(secret),
     )
+    vehicle_state_changed(vehicle.pk)
     logger.info(
         "vehicle_credential.issued", vehicle_id=str(vehicle.pk), key_id=credential.key_id, rotated=revoked
     )
@@ -109,6 +111,7 @@ def vehicle_credential_revoke(*, vehicle: Vehicle) -> int:
     revoked = VehicleCredential.objects.filter(vehicle=vehicle, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    vehicle_state_changed(vehicle.pk)
     logger.info("vehicle_credential.revoked", vehicle_id=str(vehicle.pk), revoked=revoked)
     return revoked
 
@@ -148,6 +151,36 @@ def _credential_with_vehicle(key_id: str) -> VehicleCredential | None:
     return credential
 
 
+_credentials = LocalVersionedCache()
+_key_vehicles: dict[str, Any] = {}  # a key id never moves to another vehicle
+
+
+def _credential_current(key_id: str) -> VehicleCredential | None:
+    """The credential (vehicle loaded, `state_version` set) from this process's hot copy when the
+    vehicle's stamp is unchanged, else from the database."""
+    vehicle_id = _key_vehicles.get(key_id)
+    if vehicle_id is not None:
+        version = vehicle_state_version(vehicle_id)
+        credential = _credentials.get(key_id, version)
+        if credential is not None:
+            return credential
+    credential = _credential_with_vehicle(key_id)
+    if credential is None:
+        return None
+    if vehicle_id != credential.vehicle_id:  # first sight: the stamp must predate the read we keep
+        vehicle_id = credential.vehicle_id
+        version = vehicle_state_version(vehicle_id)
+        credential = _credential_with_vehicle(key_id)
+        if credential is None:
+            return None
+        if len(_key_vehicles) > 500_000:
+            _key_vehicles.clear()
+        _key_vehicles[key_id] = vehicle_id
+    credential.state_version = version
+    _credentials.put(key_id, version, credential)
+    return credential
+
+
 def vehicle_credential_verify(*, key_id: str, secret: str) -> VehicleCredential:
     """The active credential matching `key_id` and `secret` (its `vehicle` loaded), or raise
     `VehicleCredentialInvalid` / `VehicleCredentialRevoked`. Writes only `last_used_at`, at most
@@ -155,7 +188,7 @@ def vehicle_credential_verify(*, key_id: str, secret: str) -> VehicleCredential:
     presented = vehicle_secret_hash(secret)
     credential = None
     if KEY_ID_RE.fullmatch(key_id):
-        credential = _credential_with_vehicle(key_id)
+        credential = _credential_current(key_id)
     if credential is None:
         hmac.compare_digest(presented, _UNKNOWN_KEY_HASH)
         raise VehicleCredentialInvalid("Invalid vehicle credential.")

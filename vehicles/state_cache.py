@@ -1,0 +1,76 @@
+"""Hot copies of what a car asks on every poll, checked against a version stamp per vehicle.
+
+Each process keeps the vehicle's credential and current features in memory, tagged with the
+vehicle's version stamp from the shared cache (Redis in production). Every committed change a car
+can observe — its credential issued or revoked, an entitlement granted or ended — writes a new
+stamp (on commit), so the next request of any process misses and reads the database again.
+A poll then costs one cache round trip instead of database queries, and never serves a state
+older than the last commit. Readers take the stamp *before* reading the database, so a change
+that commits meanwhile leaves the copy under a stamp nobody asks for any more.
+
+`LOCAL_MAX_AGE` bounds how long a copy lives even without a new stamp: a safety net for writes
+that bypass the services (bulk SQL, a restarted cache).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+
+LOCAL_MAX_AGE = 60.0
+_VERSION_KEY = "vehicle-state:{}"
+
+
+def vehicle_state_version(vehicle_id: Any) -> str:
+    """The vehicle's current stamp; a missing one is created (never reused after eviction)."""
+    key = _VERSION_KEY.format(vehicle_id)
+    version = cache.get(key)
+    if version is None:
+        cache.add(key, uuid.uuid4().hex, timeout=None)
+        version = cache.get(key)
+    return version
+
+
+def vehicle_state_changed(vehicle_id: Any) -> None:
+    """Call from any service that changes what a vehicle observes, inside its transaction.
+
+    A new stamp now (this process, and tests inside a transaction, see the change at once) and
+    another after commit: a reader that took the first stamp before the commit was visible holds
+    a copy nobody will ask for."""
+    key = _VERSION_KEY.format(vehicle_id)
+    cache.set(key, uuid.uuid4().hex, timeout=None)
+    transaction.on_commit(lambda: cache.set(key, uuid.uuid4().hex, timeout=None))
+
+
+class LocalVersionedCache:
+    """A bounded per-process LRU whose entries are valid for one version stamp and a deadline."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[Any, tuple[str, float, Any]] = OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, version: str) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != version or entry[1] <= time.monotonic():
+                return None
+            self._entries.move_to_end(key)
+            return entry[2]
+
+    def put(self, key: Any, version: str, value: Any, ttl: float = LOCAL_MAX_AGE) -> None:
+        with self._lock:
+            self._entries[key] = (version, time.monotonic() + min(ttl, LOCAL_MAX_AGE), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
