@@ -7,12 +7,13 @@ and dated with EXPIRE NX in one MULTI: at most `limit` requests pass, in one rou
 
 from __future__ import annotations
 
-import functools
 import time
 
 from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
+
+from core.redis import redis_client, redis_key
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -28,14 +29,16 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
     limit, period = parse_rate(settings.RATE_LIMITS[scope])
     now = time.time() if now is None else now
     window = int(now // period)
-    key = cache.make_key(f"ratelimit:{scope}:{ident}:{window}")
-    client = _redis()
-    if client is not None:  # one round trip: INCR creates the counter, EXPIRE NX dates it once
+    name = f"ratelimit:{scope}:{ident}:{window}"
+    client = redis_client()
+    if client is not None:
+        key = redis_key(name)  # one round trip: INCR creates the counter, EXPIRE NX dates it once
         pipe = client.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, period + 1, nx=True)
         count = pipe.execute()[0]
     else:  # no Redis (the demo): the cache's atomic add + incr, per process
+        key = name
         cache.add(key, 0, timeout=period + 1)
         try:
             count = cache.incr(key)
@@ -43,17 +46,6 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
             cache.add(key, 1, timeout=period + 1)
             count = 1
     return count <= limit, max(1, int((window + 1) * period - now))
-
-
-@functools.cache
-def _redis_for(url: str):
-    import redis
-
-    return redis.Redis.from_url(url)
-
-
-def _redis():
-    return _redis_for(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
 class AtomicScopedThrottle(BaseThrottle):
