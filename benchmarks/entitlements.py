@@ -239,7 +239,7 @@ def gunicorn_running(
         "PYTHONWARNINGS": "ignore:No directory at:UserWarning",  # whitenoise: no collected static files
         "REDIS_URL": redis_url,  # the cache of the rate limits (empty: per-process memory)
         # 1,000 simulated cars fetch tokens far more often than real ones: count, but never refuse.
-        "RATE_LIMIT_VEHICLE_TOKEN": "100000000/minute",
+        "RATE_LIMIT_ENTITLEMENT_TOKEN": "100000000/minute",
     }
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import connection
 from django.db.models import Q, QuerySet
@@ -75,7 +75,7 @@ def features_snapshot_cached(
         return hit
     snapshot = features_snapshot(vehicle_id=vehicle_id, at=at)
     next_change = snapshot[1]
-    ttl = LOCAL_MAX_AGE if next_change is None else max(0.0, (next_change - at).total_seconds())
+    ttl = LOCAL_MAX_AGE if next_change is None else max(0, (next_change - at) // timedelta(seconds=1))
     _hot_features.put(vehicle_id, version, snapshot, ttl=ttl)
     return snapshot
 

@@ -196,7 +196,7 @@ CACHES = {
 # requests per window, per owner (checkout) or per vehicle (entitlement token)
 RATE_LIMITS = {
     "checkout": os.environ.get("RATE_LIMIT_CHECKOUT", "20/minute"),
-    "vehicle_token": os.environ.get("RATE_LIMIT_VEHICLE_TOKEN", "60/minute"),
+    "entitlement_token": os.environ.get("RATE_LIMIT_ENTITLEMENT_TOKEN", "60/minute"),
     "login": os.environ.get("RATE_LIMIT_LOGIN", "10/minute"),
 }
 

@@ -74,8 +74,8 @@ class CheckoutThrottle(AtomicScopedThrottle):
     scope = "checkout"
 
 
-class VehicleTokenThrottle(AtomicScopedThrottle):
-    scope = "vehicle_token"
+class EntitlementTokenThrottle(AtomicScopedThrottle):
+    scope = "entitlement_token"
 
 
 class LoginThrottle(AtomicScopedThrottle):

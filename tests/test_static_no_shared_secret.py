@@ -118,9 +118,19 @@ def test_vehicle_authentication_verifies_against_vehicle_credential_rows_only():
 
     assert "vehicle_credential_verify(" in module
     assert "settings" not in module  # no configured secret takes part in vehicle authentication
-    verify = service.split("def vehicle_credential_verify(", 1)[1].split("\ndef ", 1)[0]
-    assert "VehicleCredential.objects" in verify
-    assert "settings" not in verify
+
+    def body(name: str) -> str:
+        return service.split(f"def {name}(", 1)[1].split("\ndef ", 1)[0]
+
+    verify, current, lookup = (
+        body("vehicle_credential_verify"),
+        body("_credential_current"),
+        body("_credential_sql"),
+    )
+    assert "_credential_current(" in verify  # the hot copy, or the database:
+    assert "_credential_with_vehicle(" in current
+    assert "VehicleCredential._meta" in lookup  # the credential rows
+    assert all("settings" not in part for part in (verify, current, lookup))
     assert "DEFAULT_AUTHENTICATION_CLASSES" in settings.REST_FRAMEWORK
     assert settings.REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] == [
         "rest_framework_simplejwt.authentication.JWTAuthentication"

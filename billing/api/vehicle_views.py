@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from billing.api.serializers import EntitlementTokenSerializer, VehicleEntitlementsSerializer
 from billing.selectors import features_snapshot_cached
 from billing.services.offline_tokens import FeatureGrant, offline_token_current
-from core.ratelimit import VehicleTokenThrottle
+from core.ratelimit import EntitlementTokenThrottle
 from vehicles.api.authentication import VehicleCredentialAuthentication
 from vehicles.api.permissions import IsVehicle, current_vehicle
 
@@ -83,7 +83,7 @@ class VehicleEntitlementsView(VehicleAPIView):
 
 
 class VehicleEntitlementTokenView(VehicleAPIView):
-    throttle_classes = [VehicleTokenThrottle]
+    throttle_classes = [EntitlementTokenThrottle]
 
     @extend_schema(
         summary="A signed offline entitlement token (compact JWS, Ed25519) for this vehicle",
