@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection
 from django.db.models import Q, QuerySet
 
-from billing.models import Entitlement, EntitlementSource, Feature, Offer, Price, Subscription, TrialUsage
+from billing.models import Entitlement, EntitlementSource, Offer, Price, Subscription, TrialUsage
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from vehicles.models import Vehicle
 from vehicles.state_cache import LOCAL_MAX_AGE, LocalVersionedCache
@@ -30,16 +29,6 @@ def entitlements_active_at(*, vehicle_id, at: datetime) -> QuerySet[Entitlement]
     )
 
 
-# The query of `features_active_at`, written out once: it runs on every vehicle poll, and building
-# the equivalent queryset (filter, Q, join, values_list, order_by) cost more than executing it.
-_FEATURE_SPANS_SQL = f"""
-    SELECT f.code, e.source, e.starts_at, e.ends_at
-    FROM {Entitlement._meta.db_table} e JOIN {Feature._meta.db_table} f ON f.id = e.feature_id
-    WHERE e.vehicle_id = %s AND (e.ends_at IS NULL OR e.ends_at > %s)
-    ORDER BY f.code, e.starts_at
-"""
-
-
 def features_active_at(*, vehicle_id, at: datetime) -> list[ActiveFeature]:
     """Which features may this vehicle use at instant `at` — one query.
 
@@ -53,9 +42,12 @@ def features_active_at(*, vehicle_id, at: datetime) -> list[ActiveFeature]:
 def features_snapshot(*, vehicle_id, at: datetime) -> tuple[list[ActiveFeature], datetime | None]:
     """`features_active_at` and the next instant at which the answer can change by itself
     (an entitlement starting or ending); None when no such instant is ahead."""
-    with connection.cursor() as cursor:
-        cursor.execute(_FEATURE_SPANS_SQL, [vehicle_id, at])
-        rows = cursor.fetchall()
+    rows = list(
+        Entitlement.objects.filter(vehicle_id=vehicle_id)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
+        .values_list("feature__code", "source", "starts_at", "ends_at")
+        .order_by("feature__code", "starts_at")
+    )
     boundaries = [
         t for _, _, starts_at, ends_at in rows for t in (starts_at, ends_at) if t is not None and t > at
     ]

@@ -190,7 +190,11 @@ CACHES = {
             "KEY_PREFIX": f"billing{os.environ.get('TEST_DB_SUFFIX', '')}",
         }
         if REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        # no Redis (the demo): files, shared by the web process and the Celery worker
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
     )
 }
 # requests per window, per owner (checkout) or per vehicle (entitlement token)

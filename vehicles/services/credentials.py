@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import re
@@ -24,7 +23,7 @@ from typing import Any
 
 import structlog
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenError
@@ -116,39 +115,12 @@ def vehicle_credential_revoke(*, vehicle: Vehicle) -> int:
     return revoked
 
 
-@functools.cache
-def _credential_sql() -> tuple[str, list[str], list[str]]:
-    """`select_related("vehicle").filter(key_id=...)` written out once (columns from the models)."""
-    quote = connection.ops.quote_name
-    credential_meta, vehicle_meta = VehicleCredential._meta, Vehicle._meta
-    columns = [f"c.{quote(f.column)}" for f in credential_meta.concrete_fields]
-    columns += [f"v.{quote(f.column)}" for f in vehicle_meta.concrete_fields]
-    vehicle_fk = quote(credential_meta.get_field("vehicle").column)
-    sql = (
-        f"SELECT {', '.join(columns)} FROM {quote(credential_meta.db_table)} c "
-        f"JOIN {quote(vehicle_meta.db_table)} v ON v.{quote(vehicle_meta.pk.column)} = c.{vehicle_fk} "
-        f"WHERE c.{quote(credential_meta.get_field('key_id').column)} = %s"
-    )
-    credential_fields = [f.attname for f in credential_meta.concrete_fields]
-    vehicle_fields = [f.attname for f in vehicle_meta.concrete_fields]
-    return sql, credential_fields, vehicle_fields
-
-
 def _credential_with_vehicle(key_id: str) -> VehicleCredential | None:
-    """The credential with this key id, its vehicle loaded, in one query.
-
-    Runs on every vehicle request: building the equivalent queryset cost about as much as running
-    it (measured with benchmarks/entitlements.py), so the SQL is built once per process.
-    """
-    sql, credential_fields, vehicle_fields = _credential_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [key_id])
-        row = cursor.fetchone()
-    if row is None:
+    """The credential with this key id, its vehicle loaded, in one query (cache misses only)."""
+    try:
+        return VehicleCredential.objects.select_related("vehicle").get(key_id=key_id)
+    except VehicleCredential.DoesNotExist:
         return None
-    credential = VehicleCredential.from_db(connection.alias, credential_fields, row[: len(credential_fields)])
-    credential.vehicle = Vehicle.from_db(connection.alias, vehicle_fields, row[len(credential_fields) :])
-    return credential
 
 
 _credentials = LocalVersionedCache()
