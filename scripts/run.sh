@@ -10,18 +10,28 @@ STRIPE_PORT="${LOCALSTRIPE_PORT:-8420}"
 PORT="${PORT:-8000}"
 
 pids=()
+# Each side process runs in its own process group (setsid), so stopping it also stops its children
+# (Celery's pool processes), even if they outlive their parent.
 cleanup() {
   trap - INT TERM EXIT
+  trap "" PIPE  # keep stopping even if our output pipe (e.g. | tee) is gone
   echo; echo "Stopping ${#pids[@]} processes..."
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  echo "Stopped."
 }
 trap cleanup INT TERM EXIT
 
 if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
   export STRIPE_API_BASE="http://127.0.0.1:${STRIPE_PORT}"
   echo "[1/5] No STRIPE_SECRET_KEY: starting localstripe on ${STRIPE_API_BASE} (log: var/log/localstripe.log)"
-  $PY -m devtools.localstripe_server --port "$STRIPE_PORT" >var/log/localstripe.log 2>&1 &
+  setsid $PY -m devtools.localstripe_server --port "$STRIPE_PORT" >var/log/localstripe.log 2>&1 &
   pids+=($!)
   for _ in $(seq 1 50); do
     curl -sf -o /dev/null -u sk_test_demo: "$STRIPE_API_BASE/v1/customers" && break; sleep 0.2
@@ -38,9 +48,9 @@ $PY manage.py seed_demo
 $PY manage.py install_schedules
 
 echo "[4/5] Starting Celery worker and beat (logs: var/log/celery-*.log)"
-.venv/bin/celery -A config worker --loglevel=INFO --concurrency=2 >var/log/celery-worker.log 2>&1 &
+setsid .venv/bin/celery -A config worker --loglevel=INFO --concurrency=2 >var/log/celery-worker.log 2>&1 &
 pids+=($!)
-.venv/bin/celery -A config beat --loglevel=INFO >var/log/celery-beat.log 2>&1 &
+setsid .venv/bin/celery -A config beat --loglevel=INFO >var/log/celery-beat.log 2>&1 &
 pids+=($!)
 
 cat <<MSG
@@ -52,6 +62,6 @@ cat <<MSG
   Demo owner:   anna@example.com / demo-password-1   (see README "Try the API")
 Press Ctrl-C to stop everything.
 MSG
-$PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
+setsid $PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
 pids+=($!)
 wait -n "${pids[@]}"
