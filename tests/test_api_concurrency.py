@@ -3,44 +3,18 @@ with one Idempotency-Key, then 8 with different keys, charge exactly once."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import connection
 
 from billing.models import Entitlement, Invoice, PaymentAttempt, Purchase
 from tests.billing.api_helpers import add_card, catalog_world, owner_client
+from tests.concurrency import run_concurrently
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.stripe, pytest.mark.concurrency]
 
 THREADS = 8
-
-
-def run_together(work: Callable[[int], tuple[int, dict, dict]]) -> list[tuple[int, dict, dict]]:
-    """Run `work(i)` in THREADS threads released at once; each closes its own DB connection."""
-    barrier = threading.Barrier(THREADS)
-    results: list = [None] * THREADS
-    errors: list[BaseException] = []
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    assert not errors, errors
-    return results
 
 
 def _purchase(owner, vehicle, key_for: Callable[[int], str]) -> Callable[[int], tuple[int, dict, dict]]:
@@ -67,7 +41,7 @@ def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):
     owner, vehicle = shop
     key = str(uuid.uuid4())
 
-    results = run_together(_purchase(owner, vehicle, lambda i: key))
+    results = run_concurrently(_purchase(owner, vehicle, lambda i: key), threads=THREADS)
 
     statuses = sorted(status for status, _, _ in results)
     assert all(status < 500 for status in statuses), results
@@ -87,7 +61,9 @@ def test_same_key_eight_at_once_charges_once(shop, stripe_proxy):
 def test_different_keys_eight_at_once_still_one_purchase_and_one_charge(shop, stripe_proxy):
     owner, vehicle = shop
 
-    results = run_together(_purchase(owner, vehicle, lambda i: f"buy-{i}-{uuid.uuid4()}"))
+    results = run_concurrently(
+        _purchase(owner, vehicle, lambda i: f"buy-{i}-{uuid.uuid4()}"), threads=THREADS
+    )
 
     statuses = sorted(status for status, _, _ in results)
     assert all(status < 500 for status in statuses), results

@@ -122,14 +122,11 @@ def test_vehicle_authentication_verifies_against_vehicle_credential_rows_only():
     def body(name: str) -> str:
         return service.split(f"def {name}(", 1)[1].split("\ndef ", 1)[0]
 
-    verify, current, lookup = (
-        body("vehicle_credential_verify"),
-        body("_credential_current"),
-        body("_credential_sql"),
-    )
+    verify, current = body("vehicle_credential_verify"), body("_credential_current")
+    lookup = body("_credential_with_vehicle")
     assert "_credential_current(" in verify  # the hot copy, or the database:
     assert "_credential_with_vehicle(" in current
-    assert "VehicleCredential._meta" in lookup  # the credential rows
+    assert "VehicleCredential.objects" in lookup  # the credential rows
     assert all("settings" not in part for part in (verify, current, lookup))
     assert "DEFAULT_AUTHENTICATION_CLASSES" in settings.REST_FRAMEWORK
     assert settings.REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] == [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.renderers import JSONRenderer
@@ -71,15 +72,34 @@ class VehicleEntitlementsView(VehicleAPIView):
     )
     def get(self, request):
         vehicle, now = current_vehicle(request), timezone.now()
-        features = [
-            {"code": f.code, "valid_until": _isoformat(f.valid_until), "sources": list(f.sources)}
-            for f in _snapshot(request, now)[0]
-        ]  # the shape of VehicleEntitlementsSerializer, built directly: this is the hottest route
-        etag = '"' + hashlib.sha256(json.dumps([vehicle.vin, features]).encode()).hexdigest()[:32] + '"'
+        etag, features_json = _rendered(vehicle, _snapshot(request, now))
         if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
             return Response(status=304, headers={"ETag": etag})
-        body = {"vin": vehicle.vin, "at": _isoformat(now), "features": features}
-        return Response(body, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
+        # The shape of VehicleEntitlementsSerializer, written directly: this is the hottest route.
+        body = f'{{"vin": {json.dumps(vehicle.vin)}, "at": "{_isoformat(now)}", "features": {features_json}}}'
+        response = HttpResponse(body, content_type="application/json")
+        response["ETag"], response["Cache-Control"] = etag, "private, no-cache"
+        return response
+
+
+_rendered_cache: dict = {}
+
+
+def _rendered(vehicle, snapshot) -> tuple[str, str]:
+    """The ETag and the JSON of a features snapshot, computed once per (hot) snapshot object."""
+    hit = _rendered_cache.get(vehicle.pk)
+    if hit is not None and hit[0] is snapshot:
+        return hit[1], hit[2]
+    features = [
+        {"code": f.code, "valid_until": _isoformat(f.valid_until), "sources": list(f.sources)}
+        for f in snapshot[0]
+    ]
+    features_json = json.dumps(features)
+    etag = '"' + hashlib.sha256(f"{vehicle.vin}{features_json}".encode()).hexdigest()[:32] + '"'
+    if len(_rendered_cache) > 100_000:
+        _rendered_cache.clear()
+    _rendered_cache[vehicle.pk] = (snapshot, etag, features_json)
+    return etag, features_json
 
 
 class VehicleEntitlementTokenView(VehicleAPIView):

@@ -1,11 +1,9 @@
 """Charging exactly once: crashes between steps, replays, concurrent recorders, the reconciler."""
 
 import datetime as dt
-import threading
 
 import pytest
 import time_machine
-from django.db import connection
 
 from billing.gateways import stripe as gateway
 from billing.models import AttemptStatus, Entitlement, Invoice, PaymentAttempt, Purchase
@@ -15,6 +13,7 @@ from billing.services.customers import owner_ensure_stripe_customer, payment_met
 from billing.services.invoices import LineSpec, invoice_create
 from core.money import Money
 from tests.billing.api_helpers import catalog_world
+from tests.concurrency import run_concurrently
 
 pytestmark = [pytest.mark.stripe]
 PI_CREATE = "/v1/payment_intents"
@@ -145,25 +144,8 @@ def test_concurrent_reconcilers_charge_each_attempt_once(stripe_proxy):
         invoice, method = open_purchase_invoice()
         payments.payment_attempt_create(invoice=invoice, payment_method=method)
         invoices.append(invoice)
-    barrier = threading.Barrier(4)
-    errors = []
+    run_concurrently(lambda _: reconcile_now(), threads=4)
 
-    def worker():
-        try:
-            barrier.wait()
-            reconcile_now()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert errors == []
     assert Invoice.objects.filter(status="paid").count() == 4
     assert PaymentAttempt.objects.filter(status="succeeded").count() == 4
     upstream = [c for c in stripe_proxy.calls(method="POST", path=PI_CREATE) if c.reached_upstream]

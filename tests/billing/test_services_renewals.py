@@ -2,11 +2,9 @@
 end, downgrades, trials, declines, and concurrent sweeps (PostgreSQL)."""
 
 import datetime as dt
-import threading
 
 import pytest
 import time_machine
-from django.db import connection
 
 from billing.models import Entitlement, Invoice, PaymentAttempt, Subscription
 from billing.selectors import features_active_at
@@ -14,6 +12,7 @@ from billing.services.customers import payment_method_add
 from billing.services.renewals import subscriptions_renew_due
 from billing.services.subscriptions import subscription_start
 from tests.billing.api_helpers import CARD_DECLINED_AT_CHARGE, catalog_world, localstripe_card
+from tests.concurrency import run_concurrently
 from tests.factories import OfferFactory, PriceFactory
 
 pytestmark = pytest.mark.stripe
@@ -145,24 +144,9 @@ def test_declined_renewal_is_past_due_and_grants_nothing_new(stripe_proxy, local
 def test_concurrent_sweeps_charge_each_period_once(stripe_proxy):
     subscriptions = [paid_monthly() for _ in range(6)]
     due = dt.datetime(2027, 2, 28, 12, tzinfo=UTC)
-    barrier, errors = threading.Barrier(4), []
 
-    def worker():
-        try:
-            barrier.wait()
-            subscriptions_renew_due(at=due)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
+    run_concurrently(lambda _: subscriptions_renew_due(at=due), threads=4, timeout=120)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-
-    assert errors == []
     assert Invoice.objects.filter(kind="subscription_period").count() == 12
     assert PaymentAttempt.objects.filter(status="succeeded").count() == 12
     creates = [c for c in stripe_proxy.calls(method="POST", path=PI_CREATE) if c.reached_upstream]

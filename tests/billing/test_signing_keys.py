@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import threading
 import time
 from io import StringIO
 
@@ -24,6 +23,7 @@ from billing.services.signing_keys import (
 )
 from core.errors import Conflict, ValidationError
 from core.models import SigningKey
+from tests.concurrency import run_concurrently
 
 pytestmark = pytest.mark.django_db
 UTC = dt.UTC
@@ -232,25 +232,7 @@ def test_concurrent_first_use_bootstraps_exactly_one_key(monkeypatch):
 
     monkeypatch.setattr(signing_keys, "signing_key_create", slow_create)
     workers = 8
-    barrier = threading.Barrier(workers)
-    kids: list[str] = []
-    errors: list[BaseException] = []
+    kids = run_concurrently(lambda _: signing_key_for_signing(at=T0).kid, threads=workers, timeout=30)
 
-    def worker() -> None:
-        try:
-            barrier.wait(timeout=10)
-            kids.append(signing_key_for_signing(at=T0).kid)
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-
-    assert errors == []
     assert SigningKey.objects.count() == 1
     assert kids == [SigningKey.objects.get().kid] * workers

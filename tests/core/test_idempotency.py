@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import given
@@ -23,6 +21,7 @@ from core.idempotency import (
     request_fingerprint,
 )
 from core.models import IdempotencyRecord
+from tests.concurrency import run_concurrently
 from tests.core.urls_idempotency import CHARGE_PREFIX
 from tests.factories import UserFactory
 from vehicles.models import Capability
@@ -365,32 +364,13 @@ def test_concurrent_duplicates_charge_exactly_once():
     user = UserFactory()
     key = str(uuid.uuid4())
     workers = 8
-    barrier = threading.Barrier(workers)
-    results: list[tuple[int, dict, str | None]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def fire() -> None:
-        try:
-            barrier.wait(timeout=10)
-            response = post(client_for(user), key, url="/slow-charge")
-            with lock:
-                results.append(
-                    (response.status_code, response.json(), response.headers.get("Idempotent-Replayed"))
-                )
-        except BaseException as exc:  # noqa: BLE001 - reported below: a thread failure fails the test
-            with lock:
-                errors.append(exc)
-        finally:
-            connection.close()
+    def fire(_: int) -> tuple[int, dict, str | None]:
+        response = post(client_for(user), key, url="/slow-charge")
+        return response.status_code, response.json(), response.headers.get("Idempotent-Replayed")
 
-    threads = [threading.Thread(target=fire) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    results = run_concurrently(fire, threads=workers, timeout=30)
 
-    assert not errors, errors
     assert len(results) == workers
     assert charges() == 1
     statuses = sorted(status for status, _, _ in results)

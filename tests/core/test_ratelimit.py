@@ -1,14 +1,13 @@
 """Abuse limits are atomic across concurrent requests (R24)."""
 
-import threading
 import uuid
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from core.ratelimit import parse_rate, rate_limit_hit
 from tests.billing.api_helpers import vehicle_client
+from tests.concurrency import run_concurrently
 from tests.factories import VehicleFactory
 
 
@@ -38,26 +37,16 @@ def test_fifty_parallel_token_requests_over_the_limit_let_exactly_the_limit_thro
     vehicle, other = VehicleFactory(), VehicleFactory()
     clients = [vehicle_client(vehicle)]
     header = clients[0]._credentials
-    barrier, statuses, lock = threading.Barrier(50), [], threading.Lock()
 
-    def request():
+    def request(_: int) -> tuple[int, str | None]:
         from rest_framework.test import APIClient
 
         client = APIClient()
         client.credentials(**header)
-        try:
-            barrier.wait()
-            response = client.get("/api/v1/vehicle/entitlements/token/")
-            with lock:
-                statuses.append((response.status_code, response.json().get("code")))
-        finally:
-            connection.close()
+        response = client.get("/api/v1/vehicle/entitlements/token/")
+        return response.status_code, response.json().get("code")
 
-    threads = [threading.Thread(target=request) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    statuses = run_concurrently(request, threads=50)
 
     assert sorted(statuses, key=str).count((200, None)) == 10
     assert statuses.count((429, "throttled")) == 40

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import AccessToken
 
+from tests.concurrency import run_concurrently
 from tests.factories import OwnerFactory, UserFactory
 from vehicles.services.credentials import FAMILY_CLAIM, FamilyRefreshToken
 
@@ -254,29 +254,15 @@ def test_concurrent_refreshes_of_one_token_never_fork_the_family():
         pytest.skip("needs row locks")
     owner = OwnerFactory()
     pair = tokens(APIClient(), owner)
-    barrier = threading.Barrier(4)
-    results: list[tuple[int, dict]] = []
-    lock = threading.Lock()
 
-    def worker() -> None:
-        from django.db import connections
-
+    def worker(_: int) -> tuple[int, dict]:
         try:
-            barrier.wait()
             response = refresh(APIClient(), pair["refresh"])
-            outcome = (response.status_code, response.json())
+            return response.status_code, response.json()
         except Exception as exc:  # noqa: BLE001 - a crash is an outcome to report, not to hide
-            outcome = (500, {"error": repr(exc)})
-        finally:
-            connections.close_all()
-        with lock:
-            results.append(outcome)
+            return 500, {"error": repr(exc)}
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    results = run_concurrently(worker, threads=4, timeout=30)
 
     statuses = sorted(status for status, _ in results)
     assert len(results) == 4
