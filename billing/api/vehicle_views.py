@@ -9,6 +9,7 @@ import json
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,10 +30,22 @@ IF_NONE_MATCH = OpenApiParameter(
 )
 
 
+class JSONOnly(BaseContentNegotiation):
+    """Cars speak JSON: no Accept-header parsing on the hottest routes."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class VehicleAPIView(APIView):
     authentication_classes = [VehicleCredentialAuthentication]
     permission_classes = [IsVehicle]
     renderer_classes = [JSONRenderer]  # cars read JSON; no browsable API on the hottest routes
+    parser_classes: list = []  # GET only
+    content_negotiation_class = JSONOnly
 
 
 def _snapshot(request, at):
