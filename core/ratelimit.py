@@ -37,7 +37,7 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
         pipe.incr(key)
         pipe.expire(key, period + 1, nx=True)
         count = pipe.execute()[0]
-    else:  # no Redis (the demo): the cache's atomic add + incr, per process
+    else:  # no Redis (the demo): the cache's add + incr on shared files, good enough for one user
         key = name
         cache.add(key, 0, timeout=period + 1)
         try:

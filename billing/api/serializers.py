@@ -25,12 +25,14 @@ def money(amount_minor: int, currency: str) -> dict:
 
 
 class _MoneyField(serializers.Field):
+    """Money read from two (dotted) attributes of the object: its minor units and its currency."""
+
     def __init__(self, amount: str, currency: str = "currency", **kwargs):
         self.amount_attr, self.currency_attr = amount, currency
         super().__init__(source="*", read_only=True, **kwargs)
 
     def to_representation(self, obj) -> dict:
-        return money(getattr(obj, self.amount_attr), _dotted(obj, self.currency_attr))
+        return money(_dotted(obj, self.amount_attr), _dotted(obj, self.currency_attr))
 
 
 def _dotted(obj, path: str):
@@ -68,7 +70,7 @@ class OfferSerializer(serializers.Serializer):
     interval = serializers.CharField(source="offer.interval", allow_blank=True)
     trial_days = serializers.IntegerField(source="offer.trial_days")
     features = serializers.SerializerMethodField()
-    price = serializers.SerializerMethodField()
+    price = MoneyField("price.amount_minor", "price.currency")
     price_version = serializers.IntegerField(source="price.version")
     owned = serializers.BooleanField(help_text="Every feature is already this vehicle's for good.")
     subscribed = serializers.BooleanField(help_text="A live subscription to this offer exists.")
@@ -78,30 +80,22 @@ class OfferSerializer(serializers.Serializer):
     def get_features(self, item) -> list[str]:
         return [f.code for f in item.offer.features.all()]
 
-    @extend_schema_field(MoneySerializer)
-    def get_price(self, item) -> dict:
-        return money(item.price.amount_minor, item.price.currency)
-
 
 # --- purchases, subscriptions ----------------------------------------------------------------
 class PurchaseSerializer(serializers.ModelSerializer):
     offer = serializers.CharField(source="offer.code")
     vehicle = serializers.UUIDField(source="vehicle_id")
-    price = serializers.SerializerMethodField()
+    price = MoneyField("price.amount_minor", "price.currency")
 
     class Meta:
         model = Purchase
         fields = ["id", "vehicle", "offer", "status", "price", "created_at", "paid_at"]
 
-    @extend_schema_field(MoneySerializer)
-    def get_price(self, purchase) -> dict:
-        return money(purchase.price.amount_minor, purchase.price.currency)
-
 
 class SubscriptionSerializer(serializers.ModelSerializer):
     offer = serializers.CharField(source="offer.code")
     vehicle = serializers.UUIDField(source="vehicle_id")
-    price = serializers.SerializerMethodField()
+    price = MoneyField("price.amount_minor", "price.currency")
     pending_offer = serializers.SlugRelatedField(slug_field="code", read_only=True)
 
     class Meta:
@@ -121,10 +115,6 @@ class SubscriptionSerializer(serializers.ModelSerializer):
             "ended_at",
             "created_at",
         ]
-
-    @extend_schema_field(MoneySerializer)
-    def get_price(self, subscription) -> dict:
-        return money(subscription.price.amount_minor, subscription.price.currency)
 
 
 # --- invoices, payments ----------------------------------------------------------------------
