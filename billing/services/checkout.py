@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import transaction
+from django.utils import timezone
+
 from billing.models import AttemptStatus, Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
+from billing.services.fulfilment import invoice_fulfil_paid
 from billing.services.payments import payment_attempt_charge, payment_attempt_create
 from core.errors import ErrorCode, PaymentError
 
@@ -24,9 +28,16 @@ class CheckoutOutcome:
         return self.attempt.client_secret if self.status == "requires_action" and self.attempt else None
 
 
-def invoice_charge(*, invoice: Invoice, payment_method: PaymentMethod) -> tuple[str, PaymentAttempt]:
+def invoice_charge(*, invoice: Invoice, payment_method: PaymentMethod) -> tuple[str, PaymentAttempt | None]:
     """Charge a committed open invoice. A decline raises `payment_declined` (402) after the
     outcome is recorded; an unknown outcome is `processing`, settled later by the reconciler."""
+    if invoice.total_minor == 0:  # a free plan, or an upgrade whose lines round to 0: nothing to charge
+        with transaction.atomic():
+            locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+            if locked.status != "paid":
+                invoice_fulfil_paid(invoice=locked, at=timezone.now())
+        invoice.refresh_from_db()
+        return "succeeded", None
     attempt = payment_attempt_create(invoice=invoice, payment_method=payment_method)
     attempt = payment_attempt_charge(attempt_id=attempt.pk)
     invoice.refresh_from_db()

@@ -20,7 +20,7 @@ from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import LineSpec, invoice_create
-from billing.services.refunds import refund_create
+from billing.services.refunds import refund_in_full_or_raise
 from core.errors import BusinessRuleViolation, Conflict, ErrorCode, NotFound
 from vehicles.models import Owner, Vehicle
 
@@ -102,7 +102,7 @@ def purchase_withdraw(*, owner: Owner, purchase_id, at: datetime) -> Purchase:
             "The withdrawal period for this purchase is over.", code=ErrorCode.WITHDRAWAL_PERIOD_OVER
         )
     attempt = purchase.invoice.attempts.get(status=AttemptStatus.SUCCEEDED)
-    refund_create(payment_attempt=attempt, amount_minor=attempt.amount_minor, reason="withdrawal")
+    refund_in_full_or_raise(payment_attempt=attempt, reason="withdrawal")
     with transaction.atomic():
         purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
         purchase.status = PurchaseStatus.REFUNDED

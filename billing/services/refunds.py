@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from billing.gateways import stripe as gateway
 from billing.models import AttemptStatus, PaymentAttempt, Refund, RefundStatus
-from core.errors import BusinessRuleViolation, ErrorCode
+from core.errors import BillingError, BusinessRuleViolation, ErrorCode
 from core.money import Money
 
 log = structlog.get_logger(__name__)
@@ -67,6 +67,9 @@ def refund_execute(*, refund_id) -> Refund:
             result.status, RefundStatus.FAILED
         )
         stripe_id = result.id
+    except gateway.InvalidRequest as exc:  # refused outright (e.g. 400/404): nothing was refunded
+        log.error("refund_refused", refund=str(refund.pk), error=str(exc))
+        status, stripe_id = RefundStatus.FAILED, refund.stripe_refund_id
     except gateway.PaymentGatewayError as exc:
         log.warning("refund_outcome_unknown", refund=str(refund.pk), error=str(exc))
         status, stripe_id = RefundStatus.UNKNOWN, refund.stripe_refund_id
@@ -90,3 +93,20 @@ def refunds_reconcile(*, older_than: timedelta = timedelta(minutes=2), limit: in
     for refund_id in ids:
         refund_execute(refund_id=refund_id)
     return len(ids)
+
+
+def refund_in_full_or_raise(*, payment_attempt: PaymentAttempt, reason: str) -> Refund | None:
+    """Refund what is left of a payment. A refund Stripe refused raises (the caller keeps the
+    rights it was about to end); pending or unknown refunds are finished by the reconciler."""
+    remaining = refundable_minor(payment_attempt=payment_attempt)
+    if remaining <= 0:
+        return None
+    refund = refund_create(payment_attempt=payment_attempt, amount_minor=remaining, reason=reason)
+    if refund.status == RefundStatus.FAILED:
+        raise BillingError(
+            "The refund was refused by the payment provider; nothing was changed. Try again later.",
+            code=ErrorCode.PAYMENT_PROVIDER_ERROR,
+            status_code=502,
+            details={"refund": str(refund.pk)},
+        )
+    return refund

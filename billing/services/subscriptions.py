@@ -16,6 +16,7 @@ from billing.models import (
     AttemptStatus,
     Entitlement,
     InvoiceKind,
+    InvoiceStatus,
     Offer,
     PaymentAttempt,
     Price,
@@ -28,11 +29,10 @@ from billing.services.catalog import offer_for_vehicle
 from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end, entitlements_grant_for_subscription_period
-from billing.services.fulfilment import invoice_fulfil_paid
 from billing.services.invoices import LineSpec, invoice_create, subscription_period_invoice_create
 from billing.services.purchases import withdrawal_deadline
-from billing.services.refunds import refund_create, refundable_minor
-from core.errors import BusinessRuleViolation, ErrorCode, NotFound
+from billing.services.refunds import refund_in_full_or_raise
+from core.errors import BusinessRuleViolation, Conflict, ErrorCode, NotFound
 from core.periods import Interval, add_interval
 from core.rounding import upgrade_proration
 from vehicles.models import Owner, Vehicle
@@ -168,9 +168,7 @@ def _end_now_with_refund(*, subscription: Subscription, at: datetime, reason: st
     for attempt in PaymentAttempt.objects.filter(
         invoice__subscription=subscription, status=AttemptStatus.SUCCEEDED
     ):
-        remaining = refundable_minor(payment_attempt=attempt)
-        if remaining > 0:
-            refund_create(payment_attempt=attempt, amount_minor=remaining, reason=reason)
+        refund_in_full_or_raise(payment_attempt=attempt, reason=reason)
     return subscription_end_now(subscription=subscription, at=at)
 
 
@@ -274,6 +272,18 @@ def subscription_change_apply(
             subscription.save(update_fields=["pending_offer", "pending_price", "updated_at"])
         return CheckoutOutcome(status="scheduled", subscription=subscription)
     payment_method = payment_method_for_charge(owner=owner, payment_method_id=None)
+    awaiting = subscription.invoices.filter(
+        kind=InvoiceKind.PLAN_CHANGE,
+        status=InvoiceStatus.OPEN,
+        created_at__gt=at - timedelta(days=1),  # an abandoned 3-D Secure blocks for a day at most
+        attempts__status__in=[AttemptStatus.PENDING, AttemptStatus.REQUIRES_ACTION, AttemptStatus.UNKNOWN],
+    )
+    if awaiting.exists():
+        raise Conflict(
+            "A plan change of this subscription is still awaiting its payment (3-D Secure or "
+            "processing): confirm or wait for it first.",
+            code=ErrorCode.CONFLICT,
+        )
     with transaction.atomic():
         invoice = invoice_create(
             owner=owner,
@@ -287,11 +297,6 @@ def subscription_change_apply(
             period_end=subscription.current_period_end,
             change_to_price=preview.new_price,
         )
-        if invoice.total_minor == 0:  # both lines rounded to 0 (end of period): nothing to charge
-            invoice_fulfil_paid(invoice=invoice, at=at)
-    if invoice.total_minor == 0:
-        subscription.refresh_from_db()
-        return CheckoutOutcome(status="succeeded", subscription=subscription, invoice=invoice)
     status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method)
     subscription.refresh_from_db()
     return CheckoutOutcome(status=status, subscription=subscription, invoice=invoice, attempt=attempt)
