@@ -3,11 +3,14 @@ Read-only: only the payment services and the reconciler change them."""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from billing.admin.display import money_column, short_id
-from billing.models import PaymentAttempt, PaymentMethod, Refund
+from billing.models import AttemptStatus, PaymentAttempt, PaymentMethod, Refund
+from billing.services.refunds import refund_in_full_or_raise
 from core.admin import ReadOnlyAdmin
+from core.errors import BillingError
+from core.money import format_money
 
 
 @admin.register(PaymentMethod)
@@ -53,6 +56,23 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     readonly_fields = ("amount", "idempotency_key")
     amount = money_column("amount_minor", description="Amount")
+    actions = ("refund_in_full",)
+
+    @admin.action(description="Refund in full what is left (goodwill: the features stay)")
+    def refund_in_full(self, request, queryset) -> None:
+        for attempt in queryset.filter(status=AttemptStatus.SUCCEEDED):
+            try:
+                refund = refund_in_full_or_raise(
+                    payment_attempt=attempt, reason=f"admin refund by {request.user}"
+                )
+            except BillingError as exc:
+                self.message_user(request, f"{attempt.invoice}: {exc.message}", messages.ERROR)
+                continue
+            if refund is None:
+                self.message_user(request, f"{attempt.invoice}: already fully refunded.", messages.WARNING)
+            else:
+                amount = format_money(refund.amount_minor, refund.currency)
+                self.message_user(request, f"{attempt.invoice}: refund of {amount} {refund.status}.")
 
     @admin.display(description="ID", ordering="id")
     def short_id(self, obj: PaymentAttempt) -> str:

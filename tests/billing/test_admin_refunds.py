@@ -1,0 +1,28 @@
+"""Operators refund a payment from the admin; the refund goes through the refund service once."""
+
+import pytest
+
+from billing.models import Entitlement, PaymentAttempt, Refund
+from tests.billing.api_helpers import add_card, catalog_world, owner_client, post
+
+pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
+CHANGELIST = "/admin/billing/paymentattempt/"
+
+
+def test_admin_refunds_what_is_left_once_and_keeps_the_feature(admin_client, stripe_proxy):
+    owner, vehicle = catalog_world()
+    client = owner_client(owner)
+    add_card(client)
+    post(client, f"/api/v1/me/vehicles/{vehicle.pk}/purchases/", {"offer": "heated_seats_unlock"})
+    attempt = PaymentAttempt.objects.get()
+    action = {"action": "refund_in_full", "_selected_action": [str(attempt.pk)]}
+
+    first = admin_client.post(CHANGELIST, action, follow=True)
+    second = admin_client.post(CHANGELIST, action, follow=True)
+
+    assert "refund of EUR 199.00 succeeded" in first.content.decode()
+    assert "already fully refunded" in second.content.decode()
+    refund = Refund.objects.get()
+    assert (refund.amount_minor, refund.status) == (19_900, "succeeded")
+    assert len(stripe_proxy.calls(method="POST", path="/v1/refunds")) == 1
+    assert Entitlement.objects.filter(vehicle=vehicle, ends_at__isnull=True).exists()
