@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from billing.admin.transfers import start_vehicle_transfer
 from vehicles.admin_credentials import issue_vehicle_credential, revoke_vehicle_credentials
 from vehicles.models import Capability, Market, Owner, Ownership, Vehicle, VehicleTransfer
 
@@ -93,7 +94,7 @@ class VehicleAdmin(admin.ModelAdmin):
     filter_horizontal = ("capabilities",)
     readonly_fields = ("id", "created_at")
     inlines = (VehicleOwnershipInline,)
-    actions = (issue_vehicle_credential, revoke_vehicle_credentials)
+    actions = (issue_vehicle_credential, revoke_vehicle_credentials, start_vehicle_transfer)
 
     def get_queryset(self, request):
         current = Ownership.objects.filter(vehicle=OuterRef("pk"), ends_at__isnull=True)

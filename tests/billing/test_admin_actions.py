@@ -1,4 +1,4 @@
-"""Operators refund a payment from the admin; the refund goes through the refund service once."""
+"""Admin actions that call services: goodwill refunds, and starting a resale."""
 
 import pytest
 
@@ -26,3 +26,23 @@ def test_admin_refunds_what_is_left_once_and_keeps_the_feature(admin_client, str
     assert (refund.amount_minor, refund.status) == (19_900, "succeeded")
     assert len(stripe_proxy.calls(method="POST", path="/v1/refunds")) == 1
     assert Entitlement.objects.filter(vehicle=vehicle, ends_at__isnull=True).exists()
+
+
+def test_admin_starts_a_transfer_for_the_current_owner_and_the_buyer_claims_it(admin_client):
+    import re
+
+    from tests.factories import OwnerFactory
+
+    owner, vehicle = catalog_world()
+    page = admin_client.post(
+        "/admin/vehicles/vehicle/",
+        {"action": "start_vehicle_transfer", "_selected_action": [str(vehicle.pk)]},
+        follow=True,
+    ).content.decode()
+    code = re.search(r"transfer code (\w+)", page).group(1)
+    buyer = owner_client(OwnerFactory())
+
+    claimed = buyer.post("/api/v1/me/transfers/claim/", {"vin": vehicle.vin, "code": code}, format="json")
+
+    assert claimed.status_code == 200, claimed.json()
+    assert owner_client(owner).get(f"/api/v1/me/vehicles/{vehicle.pk}/").status_code == 404
