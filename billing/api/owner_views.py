@@ -157,6 +157,8 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
 
 
 class TransferClaimViewSet(OwnerViewSet):
+    serializer_class = s.TransferClaimInput
+
     @extend_schema(
         summary="Claim a bought vehicle with the seller's one-time code",
         request=s.TransferClaimInput,
