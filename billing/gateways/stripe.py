@@ -296,6 +296,19 @@ def payment_intent_retrieve(*, payment_intent_id: str) -> ChargeResult:
     return _charge_result(intent)
 
 
+def payment_intent_cancel(*, payment_intent_id: str) -> ChargeResult:
+    """Cancel a PaymentIntent still waiting for the customer (e.g. an abandoned 3-D Secure).
+    When Stripe refuses because it is no longer cancelable, its current state is returned: it
+    may have succeeded meanwhile, and the caller must record that, not a cancellation."""
+    try:
+        intent = _client().v1.payment_intents.cancel(payment_intent_id)
+    except stripe.InvalidRequestError:
+        return payment_intent_retrieve(payment_intent_id=payment_intent_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=True) from exc
+    return _charge_result(intent)
+
+
 def payment_intent_find_by_metadata(*, key: str, value: str, created_after: datetime) -> ChargeResult | None:
     """Find the PaymentIntent whose `metadata[key] == value` (the reconciler, once keys may be pruned).
 

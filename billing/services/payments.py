@@ -172,3 +172,28 @@ def payment_attempts_reconcile(*, older_than: timedelta = timedelta(minutes=2), 
             continue
         settled[attempt.status] = settled.get(attempt.status, 0) + 1
     return settled
+
+
+def payment_attempts_abandon_for(*, invoices) -> None:
+    """Before a new checkout of the same thing: give up earlier attempts still waiting for the
+    customer (3-D Secure never completed). Their PaymentIntents are canceled at Stripe first, so a
+    late authentication cannot charge; one that succeeded meanwhile is recorded as paid instead.
+    An attempt whose outcome is still unknown blocks the new checkout (409)."""
+    attempts = PaymentAttempt.objects.filter(invoice__in=invoices)
+    if attempts.filter(status__in=[AttemptStatus.PENDING, AttemptStatus.UNKNOWN]).exists():
+        raise Conflict(
+            "An earlier payment for this is still being confirmed; try again in a few minutes.",
+            code=ErrorCode.CONFLICT,
+        )
+    for attempt in attempts.filter(status=AttemptStatus.REQUIRES_ACTION):
+        result = gateway.payment_intent_cancel(payment_intent_id=attempt.stripe_payment_intent_id)
+        if result.status == "declined":
+            result = gateway.ChargeResult(
+                status="declined",
+                payment_intent_id=result.payment_intent_id,
+                decline_code="authentication_abandoned",
+                message="Abandoned: a new checkout of the same offer was started.",
+                amount=result.amount,
+                metadata=result.metadata,
+            )
+        payment_attempt_record(attempt_id=attempt.pk, result=result)

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from billing.models import (
     AttemptStatus,
     Entitlement,
+    Invoice,
     InvoiceKind,
     Offer,
     Purchase,
@@ -20,6 +21,7 @@ from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import LineSpec, invoice_create
+from billing.services.payments import payment_attempts_abandon_for
 from billing.services.refunds import refund_in_full_or_raise
 from core.errors import BusinessRuleViolation, Conflict, ErrorCode, NotFound
 from vehicles.models import Owner, Vehicle
@@ -40,6 +42,11 @@ def purchase_create(
 ) -> CheckoutOutcome:
     """Buy a one-time unlock for a vehicle the owner owns (the caller resolved it by owner)."""
     offer, price = offer_for_vehicle(vehicle=vehicle, offer_code=offer_code, at=at)
+    payment_attempts_abandon_for(
+        invoices=Invoice.objects.filter(
+            purchase__vehicle=vehicle, purchase__offer=offer, purchase__status=PurchaseStatus.PENDING
+        )
+    )
     if offer.kind != Offer.Kind.ONE_TIME:
         raise BusinessRuleViolation(
             f"'{offer_code}' is a subscription: start it with POST .../subscriptions/.",

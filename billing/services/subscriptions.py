@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from billing.models import (
     AttemptStatus,
     Entitlement,
+    Invoice,
     InvoiceKind,
     InvoiceStatus,
     Offer,
@@ -30,6 +31,7 @@ from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end, entitlements_grant_for_subscription_period
 from billing.services.invoices import LineSpec, invoice_create, subscription_period_invoice_create
+from billing.services.payments import payment_attempts_abandon_for
 from billing.services.purchases import withdrawal_deadline
 from billing.services.refunds import refund_in_full_or_raise
 from core.errors import BusinessRuleViolation, Conflict, ErrorCode, NotFound
@@ -71,6 +73,13 @@ def subscription_start(
             f"'{offer_code}' is a one-time unlock: buy it with POST .../purchases/.",
             code=ErrorCode.OFFER_UNAVAILABLE,
         )
+    payment_attempts_abandon_for(
+        invoices=Invoice.objects.filter(
+            subscription__vehicle=vehicle,
+            subscription__offer=offer,
+            subscription__status=SubscriptionStatus.INCOMPLETE,
+        )
+    )
     if Subscription.objects.filter(
         vehicle=vehicle, offer=offer, status__in=LIVE_SUBSCRIPTION_STATUSES
     ).exists():

@@ -82,3 +82,43 @@ def test_a_refused_refund_keeps_the_purchase_and_its_feature(stripe_proxy):
     assert Purchase.objects.get(pk=purchase_id).status == "paid"
     assert Refund.objects.get().status == "failed"
     assert Entitlement.objects.filter(purchase_id=purchase_id, ends_at__isnull=True).exists()
+
+
+def test_an_abandoned_3ds_checkout_does_not_block_buying_again(stripe_proxy, localstripe_url):
+    from billing.gateways import stripe as gateway
+
+    owner, vehicle = catalog_world()
+    client = owner_client(owner)
+    add_card(client, localstripe_card(localstripe_url, CARD_3DS))
+    url = f"/api/v1/me/vehicles/{vehicle.pk}/purchases/"
+    abandoned = post(client, url, {"offer": "heated_seats_unlock"})
+    assert abandoned.json()["status"] == "requires_action"  # ...and the customer walks away
+    add_card(client)  # a card without 3-D Secure
+
+    again = post(client, url, {"offer": "heated_seats_unlock"})
+
+    assert again.status_code == 201, again.json()
+    assert again.json()["status"] == "succeeded"
+    first = Purchase.objects.get(pk=abandoned.json()["purchase"]["id"])
+    assert first.status == "failed"
+    old_attempt = PaymentAttempt.objects.get(invoice__purchase=first)
+    assert old_attempt.error_code == "authentication_abandoned"
+    stripe_side = gateway.payment_intent_retrieve(payment_intent_id=old_attempt.stripe_payment_intent_id)
+    assert stripe_side.status == "declined"  # canceled at Stripe: a late authentication cannot charge
+    assert Entitlement.objects.filter(vehicle=vehicle, purchase__status="paid").count() == 1
+
+
+def test_an_abandoned_3ds_subscription_start_does_not_block_subscribing(stripe_proxy, localstripe_url):
+    owner, vehicle = catalog_world()
+    client = owner_client(owner)
+    add_card(client, localstripe_card(localstripe_url, CARD_3DS))
+    url = f"/api/v1/me/vehicles/{vehicle.pk}/subscriptions/"
+    first = post(client, url, {"offer": "heated_seats_monthly", "trial": False})
+    assert first.json()["status"] == "requires_action"
+    add_card(client)
+
+    again = post(client, url, {"offer": "heated_seats_monthly", "trial": False})
+
+    assert again.status_code == 201, again.json()
+    assert again.json()["subscription"]["status"] == "active"
+    assert Subscription.objects.get(pk=first.json()["subscription"]["id"]).status == "canceled"
