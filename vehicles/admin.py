@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from billing.admin.transfers import start_vehicle_transfer
+from billing.admin.vehicle_actions import grant_included_offers, start_vehicle_transfer
 from vehicles.admin_credentials import issue_vehicle_credential, revoke_vehicle_credentials
 from vehicles.models import Capability, Market, Owner, Ownership, Vehicle, VehicleTransfer
 
@@ -94,7 +94,12 @@ class VehicleAdmin(admin.ModelAdmin):
     filter_horizontal = ("capabilities",)
     readonly_fields = ("id", "created_at")
     inlines = (VehicleOwnershipInline,)
-    actions = (issue_vehicle_credential, revoke_vehicle_credentials, start_vehicle_transfer)
+    actions = (
+        issue_vehicle_credential,
+        revoke_vehicle_credentials,
+        start_vehicle_transfer,
+        grant_included_offers,
+    )
 
     def get_queryset(self, request):
         current = Ownership.objects.filter(vehicle=OuterRef("pk"), ends_at__isnull=True)

@@ -46,3 +46,26 @@ def test_admin_starts_a_transfer_for_the_current_owner_and_the_buyer_claims_it(a
 
     assert claimed.status_code == 200, claimed.json()
     assert owner_client(owner).get(f"/api/v1/me/vehicles/{vehicle.pk}/").status_code == 404
+
+
+def test_admin_grants_the_offers_included_with_a_new_car(admin_client):
+    from tests.factories import FeatureFactory, OfferFactory, VehicleFactory
+
+    vehicle = VehicleFactory()
+    OfferFactory(
+        code="connectivity_included",
+        subscription=True,
+        included_months_with_new_car=36,
+        features=[FeatureFactory(code="premium_connectivity")],
+    )
+
+    page = admin_client.post(
+        "/admin/vehicles/vehicle/",
+        {"action": "grant_included_offers", "_selected_action": [str(vehicle.pk)]},
+        follow=True,
+    ).content.decode()
+
+    assert "included premium_connectivity" in page
+    entitlement = Entitlement.objects.get(vehicle=vehicle, source="included")
+    assert entitlement.starts_at == vehicle.delivered_at
+    assert entitlement.ends_at.year == vehicle.delivered_at.year + 3
