@@ -122,3 +122,14 @@ def buy(client: APIClient, vehicle, offer: str = "heated_seats_unlock") -> dict:
     assert response.status_code == 201, response.json()
     assert response.json()["status"] == "succeeded"
     return response.json()["purchase"]
+
+
+def vehicle_features(vehicle) -> list[dict]:
+    """The features the car sees now, asked with a fresh credential of its own."""
+    response = vehicle_client(vehicle).get("/api/v1/vehicle/entitlements/")
+    assert response.status_code == 200, response.content
+    return response.json()["features"]
+
+
+def vehicle_feature_codes(vehicle) -> list[str]:
+    return [feature["code"] for feature in vehicle_features(vehicle)]

@@ -23,19 +23,13 @@ from tests.billing.api_helpers import (
     owner_client,
     post,
     results,
-    vehicle_client,
+    vehicle_feature_codes,
 )
 from tests.factories import FeatureFactory, MarketFactory, OfferFactory, OwnerFactory, PriceFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
 
 PI = "/v1/payment_intents"
-
-
-def _features(vehicle) -> list[str]:
-    return [
-        f["code"] for f in vehicle_client(vehicle).get("/api/v1/vehicle/entitlements/").json()["features"]
-    ]
 
 
 def _bought(*, market=None):
@@ -48,11 +42,11 @@ def _bought(*, market=None):
 
 def test_withdraw_within_the_period_refunds_in_full_and_removes_the_feature(stripe_proxy):
     owner, vehicle, purchase = _bought()
-    assert _features(vehicle) == ["heated_seats"]
+    assert vehicle_feature_codes(vehicle) == ["heated_seats"]
 
     with time_machine.travel(purchase.paid_at + dt.timedelta(days=13), tick=True):
         response = post(owner_client(owner), f"/api/v1/me/purchases/{purchase.pk}/withdraw/")
-        features = _features(vehicle)
+        features = vehicle_feature_codes(vehicle)
 
     body = response.json()
     assert response.status_code == 200, body
@@ -97,7 +91,7 @@ def test_withdraw_after_the_period_is_refused_and_refunds_nothing(stripe_proxy):
 
     with time_machine.travel(purchase.paid_at + dt.timedelta(days=14, seconds=1), tick=True):
         response = post(owner_client(owner), f"/api/v1/me/purchases/{purchase.pk}/withdraw/")
-        features = _features(vehicle)
+        features = vehicle_feature_codes(vehicle)
 
     assert response.status_code == 422
     assert response.json()["code"] == "withdrawal_period_over"

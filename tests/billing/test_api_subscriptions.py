@@ -25,19 +25,13 @@ from tests.billing.api_helpers import (
     post,
     results,
     subscribe_paid,
-    vehicle_client,
+    vehicle_features,
 )
 from tests.factories import OwnerFactory, VehicleFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.stripe]
 
 PI = "/v1/payment_intents"
-
-
-def _features(vehicle) -> list[dict]:
-    response = vehicle_client(vehicle).get("/api/v1/vehicle/entitlements/")
-    assert response.status_code == 200
-    return response.json()["features"]
 
 
 def _paid_world(*, consumer: bool = True):
@@ -81,7 +75,7 @@ def test_cancel_after_the_withdrawal_period_ends_at_period_end(stripe_proxy):
 
     with time_machine.travel(subscription.created_at + dt.timedelta(days=15), tick=True):
         response = post(owner_client(owner), f"/api/v1/me/subscriptions/{subscription.pk}/cancel/")
-        features = _features(vehicle)
+        features = vehicle_features(vehicle)
 
     body = response.json()
     assert response.status_code == 200, body
@@ -109,7 +103,7 @@ def test_cancel_within_the_withdrawal_period_refunds_in_full_and_ends_now(stripe
 
     with time_machine.travel(subscription.created_at + dt.timedelta(days=3), tick=True):
         response = post(owner_client(owner), f"/api/v1/me/subscriptions/{subscription.pk}/cancel/")
-        features = _features(vehicle)
+        features = vehicle_features(vehicle)
 
     body = response.json()
     assert response.status_code == 200, body
@@ -140,7 +134,7 @@ def test_fleet_owner_has_no_withdrawal_and_cancels_at_period_end(stripe_proxy):
     assert not Refund.objects.exists()
     assert not stripe_proxy.calls(method="POST", path="/v1/refunds")
     assert Entitlement.objects.get(subscription=subscription).ends_at == subscription.current_period_end
-    assert [f["code"] for f in _features(vehicle)] == ["heated_seats"]
+    assert [f["code"] for f in vehicle_features(vehicle)] == ["heated_seats"]
 
 
 def test_resume_before_the_period_end_clears_the_cancellation(stripe_proxy):
@@ -222,7 +216,7 @@ def test_upgrade_charges_once_switches_the_plan_and_moves_the_entitlement(stripe
             f"/api/v1/me/subscriptions/{subscription.pk}/change/",
             {"offer": "heated_seats_premium_monthly"},
         )
-        features = _features(vehicle)
+        features = vehicle_features(vehicle)
 
     body = response.json()
     assert response.status_code == 201, body
