@@ -185,7 +185,7 @@ CELERY_TIMEZONE = "UTC"
 CACHES = {
     "default": (
         {
-            "BACKEND": "core.cache.ReusedClientRedisCache",
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"billing{os.environ.get('TEST_DB_SUFFIX', '')}",
         }
