@@ -136,10 +136,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.api.JSONParser",  # bounded: no RecursionError, 413 over the upload limit
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "core.api.LimitOffsetPagination",  # limit <= 200, offset bounded
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # DRF's own throttles (none configured) would read it too; ours use core.ratelimit.client_address
+    "NUM_PROXIES": int(os.environ.get("NUM_PROXIES", 0)),
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=int(os.environ.get("JWT_ACCESS_MINUTES", 10))),
@@ -197,7 +204,10 @@ CACHES = {
         }
     )
 }
-# requests per window, per owner (checkout) or per vehicle (entitlement token)
+# Reverse proxies in front of the app that append to X-Forwarded-For. 0 (the default): the client
+# address is REMOTE_ADDR and X-Forwarded-For is ignored; N: the Nth address from its right.
+NUM_PROXIES = int(os.environ.get("NUM_PROXIES", 0))
+# requests per window, per owner (checkout) or per vehicle (entitlement token), per address (login)
 RATE_LIMITS = {
     "checkout": os.environ.get("RATE_LIMIT_CHECKOUT", "20/minute"),
     "entitlement_token": os.environ.get("RATE_LIMIT_ENTITLEMENT_TOKEN", "60/minute"),

@@ -1,19 +1,120 @@
 """DRF glue shared by both apps: the one exception handler that renders every error as
-`{"code": ..., "message": ..., "details": {...}}`."""
+`{"code": ..., "message": ..., "details": {...}}`, the JSON parser and the pagination.
+
+Hostile input answers a 4xx, never a 500 nor an HTML page: JSON nested deeper than
+`MAX_JSON_DEPTH` or unparsable is 400 `malformed_json`; a body over
+`settings.DATA_UPLOAD_MAX_MEMORY_SIZE` is 413 `request_too_large`; a page `limit` above
+`MAX_PAGE_LIMIT` or an `offset` above `MAX_PAGE_OFFSET` is 400 `validation_error`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, pagination, parsers, status
 from rest_framework.response import Response
+from rest_framework.utils import json as drf_json
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import BillingError, ErrorCode
 
+MAX_JSON_DEPTH = 32
+MAX_PAGE_LIMIT = 200
+MAX_PAGE_OFFSET = 1_000_000
+
+
+class MalformedJSON(exceptions.ParseError):
+    default_code = "malformed_json"
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "request_too_large"
+
+
+def _request_too_large() -> RequestTooLarge:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return RequestTooLarge(f"The request body is larger than {limit} bytes." if limit else None)
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, bounded: the body is read up to the upload limit, recursion and depth
+    are refused as `malformed_json` (DRF's own lets a RecursionError through: a 500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        encoding = parsers.get_encoding(parser_context or {})
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            raw = stream.read(limit + 1) if limit is not None else stream.read()
+        except RequestDataTooBig:
+            raise _request_too_large() from None
+        if limit is not None and len(raw) > limit:
+            raise _request_too_large()
+        parse_constant = drf_json.strict_constant if self.strict else None
+        try:
+            data = drf_json.loads(raw.decode(encoding), parse_constant=parse_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise MalformedJSON(f"The body is not valid JSON: {reason}.") from None
+        if _json_depth_exceeds(data, MAX_JSON_DEPTH):
+            raise MalformedJSON(f"The body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels.")
+        return data
+
+
+class LimitOffsetPagination(pagination.LimitOffsetPagination):
+    """`?limit=&offset=` with bounds: out of range is a 400, not a database overflow (500)."""
+
+    max_limit = MAX_PAGE_LIMIT
+    max_offset = MAX_PAGE_OFFSET
+
+    def get_limit(self, request):
+        self._refuse_above(request, self.limit_query_param, self.max_limit)
+        return super().get_limit(request)
+
+    def get_offset(self, request):
+        self._refuse_above(request, self.offset_query_param, self.max_offset)
+        return super().get_offset(request)
+
+    @staticmethod
+    def _refuse_above(request, name: str, maximum: int) -> None:
+        try:
+            value = int(request.query_params[name])
+        except (KeyError, ValueError):
+            return  # absent or not a number: DRF falls back to the default
+        if value > maximum:
+            message = f"Ensure this value is less than or equal to {maximum}."
+            raise exceptions.ValidationError({name: [message]})
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {self.limit_query_param: (1, self.max_limit), self.offset_query_param: (0, self.max_offset)}
+        for parameter in parameters:
+            if parameter["name"] in bounds:
+                minimum, maximum = bounds[parameter["name"]]
+                parameter["schema"] = {**parameter["schema"], "minimum": minimum, "maximum": maximum}
+        return parameters
+
+
 _DRF_CODES = {
+    MalformedJSON: ErrorCode.MALFORMED_JSON,
+    RequestTooLarge: ErrorCode.REQUEST_TOO_LARGE,
     exceptions.NotAuthenticated: ErrorCode.NOT_AUTHENTICATED,
     exceptions.AuthenticationFailed: ErrorCode.NOT_AUTHENTICATED,
     exceptions.PermissionDenied: ErrorCode.PERMISSION_DENIED,
@@ -41,6 +142,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # Django read the body first (e.g. a form)
+        exc = _request_too_large()
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

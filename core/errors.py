@@ -43,6 +43,10 @@ class ErrorCode(StrEnum):
     TOKEN_REUSED = "token_reused"
     TOKEN_INVALID = "token_invalid"
     PAYMENT_PROVIDER_ERROR = "payment_provider_error"
+    MALFORMED_JSON = "malformed_json"
+    REQUEST_TOO_LARGE = "request_too_large"
+    PAYMENT_METHOD_INVALID = "payment_method_invalid"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
 
 
 class BillingError(Exception):

@@ -1,12 +1,19 @@
-"""Abuse limits enforced atomically across processes (R24).
+"""Abuse limits enforced atomically across processes.
 
 DRF's own throttles read, compare and write back a cached history: two workers can both pass
 the last slot. Here each window is one Redis counter (production and tests), incremented with INCR
 and dated with EXPIRE NX in one MULTI: at most `limit` requests pass, in one round trip.
+
+Anonymous callers (login) are counted per client address, and `X-Forwarded-For` is trusted only as
+far as `settings.NUM_PROXIES` says (env `NUM_PROXIES`, default 0): with 0 the address is the
+socket's peer (`REMOTE_ADDR`) and the header is ignored, since any client can write it; with N
+reverse proxies in front of us it is the Nth address from the right, the one our outermost proxy
+saw. DRF's default (the whole header as the key) let a client pick a new key per request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from django.conf import settings
@@ -48,6 +55,23 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
     return count <= limit, max(1, int((window + 1) * period - now))
 
 
+def client_address(request) -> str:
+    """The caller's IP address, trusting `X-Forwarded-For` only for `settings.NUM_PROXIES` hops."""
+    meta = getattr(request, "META", request)
+    remote = meta.get("REMOTE_ADDR", "") or ""
+    proxies = int(getattr(settings, "NUM_PROXIES", 0) or 0)
+    if proxies <= 0:
+        return remote
+    hops = [hop.strip() for hop in (meta.get("HTTP_X_FORWARDED_FOR") or "").split(",")]
+    if len(hops) < proxies:  # fewer hops than proxies: the request did not come through them
+        return remote
+    candidate = hops[-proxies]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:  # garbage in the header: count it against the proxy that sent it
+        return remote
+
+
 class AtomicScopedThrottle(BaseThrottle):
     """Subclass with `scope`; identifies the caller by owner, vehicle or (anonymous) address."""
 
@@ -67,7 +91,7 @@ class AtomicScopedThrottle(BaseThrottle):
             return f"vehicle:{vehicle.pk}"
         if user is not None and getattr(user, "is_authenticated", False):
             return f"user:{user.pk}"
-        return f"addr:{self.get_ident(request)}"
+        return f"addr:{client_address(request)}"
 
 
 class CheckoutThrottle(AtomicScopedThrottle):

@@ -60,7 +60,7 @@ def test_malformed_json_is_400(buyer, stripe_proxy):
         HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
     )
 
-    assert_error(response, 400, code="validation_error")
+    assert_error(response, 400, code="malformed_json")
     assert counts() == before and len(stripe_proxy.calls()) == calls
 
 

@@ -16,6 +16,7 @@ error is turned into one of ours (all `BillingError`s, so the API can render the
 | other 400/404                                 | `InvalidRequest` (a bug on our side)           |
 | 401/403                                       | `PaymentProviderUnavailable(retryable=False)`  |
 | 402 when attaching a card                     | `PaymentMethodDeclined`                        |
+| 400/404 on the card id when attaching it      | `PaymentMethodInvalid` (400, the client's)     |
 
 Every `create` takes an `idempotency_key` the caller derives from a committed row
 (`f"charge-attempt-{attempt.id}"`), so a retry after any failure can never charge twice. The
@@ -168,6 +169,13 @@ class PaymentMethodDeclined(PaymentGatewayError):
     default_code = ErrorCode.PAYMENT_DECLINED
 
 
+class PaymentMethodInvalid(PaymentGatewayError):
+    """Stripe refused the card id sent by the client (unknown, used up): the client's mistake."""
+
+    status_code = 400
+    default_code = ErrorCode.PAYMENT_METHOD_INVALID
+
+
 # -- the client ---------------------------------------------------------------------------------
 def uses_localstripe() -> bool:
     """No secret key configured: talk to localstripe at `settings.STRIPE_API_BASE`."""
@@ -238,9 +246,20 @@ def setup_intent_create(*, customer_id: str, idempotency_key: str) -> SetupInten
 
 
 def payment_method_attach(*, customer_id: str, payment_method_id: str) -> PaymentMethodInfo:
-    """Attach a payment method (idempotent by nature: attaching it again to the same customer is a no-op)."""
+    """Attach a payment method (idempotent by nature: attaching it again to the same customer is a no-op).
+
+    A card id Stripe refuses (unknown, used up, another customer's) is the client's mistake:
+    `PaymentMethodInvalid` (400), not a provider error."""
     try:
         method = _client().v1.payment_methods.attach(payment_method_id, {"customer": customer_id})
+    except stripe.InvalidRequestError as exc:
+        if exc.param == "customer":  # our customer id: ours to fix, not the client's
+            raise _translate(exc, write=True) from exc
+        raise PaymentMethodInvalid(
+            "This payment method cannot be used; create a new one with Stripe's SDK.",
+            retryable=False,
+            stripe_error=exc,
+        ) from exc
     except stripe.StripeError as exc:
         raise _translate(exc, write=True) from exc
     return _payment_method_info(method)
