@@ -1,4 +1,4 @@
-"""`Idempotency-Key` for POSTs that can move money (R5, R24).
+"""`Idempotency-Key` for POSTs that can move money or mint a one-time secret.
 
 A client sends `Idempotency-Key: <uuid>`; a retry with the same key and the same request gets the
 stored answer instead of a second purchase. Modelled on Stripe and brandur/rocket-rides-atomic:
@@ -100,12 +100,13 @@ def in_progress_timeout() -> timedelta:
 
 
 def idempotency_key_parse(*, raw: str | None, required: bool) -> str | None:
-    """The validated key, or None when absent and optional. Raises 400 `idempotency_key_invalid`."""
+    """The validated key, or None when absent and optional. Raises 400 `idempotency_key_required`
+    when it is missing but required, 400 `idempotency_key_invalid` when it is malformed."""
     if raw is None:
         if required:
             raise ValidationError(
                 f"This operation needs an {IDEMPOTENCY_HEADER} header; send one, e.g. a UUID.",
-                code=ErrorCode.IDEMPOTENCY_KEY_INVALID,
+                code=ErrorCode.IDEMPOTENCY_KEY_REQUIRED,
             )
         return None
     if not _KEY_RE.fullmatch(raw):

@@ -137,7 +137,7 @@ def build_world(localstripe_url: str) -> World:
     )
     assert subscribed.status_code == 201, subscribed.json()
     assert subscribed.json()["subscription"]["status"] == "active"
-    transfer = client_a.post(f"/api/v1/me/vehicles/{vehicle_a.pk}/transfer/")
+    transfer = post(client_a, f"/api/v1/me/vehicles/{vehicle_a.pk}/transfer/")
     assert transfer.status_code == 201, transfer.json()
 
     world = World(owner_a, vehicle_a, client_a, owner_b, vehicle_b, client_b, card_b)

@@ -297,7 +297,10 @@ def test_transfer_start_and_claim_ignore_extra_fields(setup):
     junk = extras(other, other_vehicle)
 
     started = client.post(
-        f"/api/v1/me/vehicles/{vehicle.pk}/transfer/", {**junk, "code": "AAAA"}, format="json"
+        f"/api/v1/me/vehicles/{vehicle.pk}/transfer/",
+        {**junk, "code": "AAAA"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
     )
 
     assert started.status_code == 201, started.json()

@@ -15,13 +15,27 @@ from rest_framework.test import APIClient
 pytestmark = pytest.mark.django_db
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
-# POSTs that charge or refund: each must take an Idempotency-Key
+# The one Idempotency-Key rule: POSTs that can move money or mint a one-time secret require it
 MONEY_POSTS = {
     "/api/v1/me/vehicles/{id}/purchases/",
     "/api/v1/me/vehicles/{id}/subscriptions/",
     "/api/v1/me/subscriptions/{id}/change/",
     "/api/v1/me/subscriptions/{id}/cancel/",
     "/api/v1/me/purchases/{id}/withdraw/",
+    "/api/v1/me/payment-methods/setup-intent/",
+    "/api/v1/me/payments/{id}/confirm/",
+    "/api/v1/me/vehicles/{id}/transfer/",
+}
+# ... and reads and pure state toggles take none
+KEYLESS_POSTS = {
+    "/api/v1/me/subscriptions/{id}/resume/",
+    "/api/v1/me/subscriptions/{id}/change-preview/",
+    "/api/v1/me/payment-methods/",
+    "/api/v1/me/payment-methods/{id}/default/",
+    "/api/v1/me/transfers/claim/",
+    "/api/v1/auth/token/",
+    "/api/v1/auth/token/refresh/",
+    "/api/v1/auth/logout/",
 }
 
 
@@ -136,3 +150,11 @@ def test_documented_idempotency_matches_the_code(schema):
     }
     assert {p.rstrip("/").rsplit("/", 1)[-1] for p in MONEY_POSTS} <= enforced
     assert documented == enforced
+
+
+def test_every_post_is_classified_and_only_money_or_secret_posts_take_the_key(schema):
+    posts = {
+        re.sub(r"\{[^}]+\}", "{id}", path): op for path, method, op in operations(schema) if method == "post"
+    }
+    assert set(posts) == MONEY_POSTS | KEYLESS_POSTS, "classify a new POST in MONEY_POSTS or KEYLESS_POSTS"
+    assert {path for path, op in posts.items() if _idempotency_parameter(op)} == MONEY_POSTS

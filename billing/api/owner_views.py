@@ -1,7 +1,12 @@
 """Owner endpoints (mobile app, car screen on the owner's behalf) under /api/v1/me/.
 
 Thin: parse, authorize (every queryset is scoped to the calling owner, so another owner's object
-is a 404), call one service, render. POSTs that can move money honour an Idempotency-Key.
+is a 404), call one service, render.
+
+One Idempotency-Key rule: every POST that can move money or mint a one-time secret (purchase,
+subscribe, change, cancel, withdraw, setup-intent, confirm, transfer start) requires the header
+(400 `idempotency_key_required` without it) and replays its stored answer on a retry; reads and
+pure state toggles (resume, default card, change preview, claim, add a card) take none.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ from vehicles.models import Vehicle
 from vehicles.selectors import vehicle_of_owner, vehicles_of_owner
 
 ERROR = OpenApiResponse(description='`{"code": "...", "message": "...", "details": {...}}`')
+# What every route under the Idempotency-Key rule may answer besides its own outcomes
+KEYED_RESPONSES = {
+    400: OpenApiResponse(description="idempotency_key_required, idempotency_key_invalid, validation_error"),
+    409: OpenApiResponse(description="idempotency_key_in_use: the first request with this key still runs"),
+    422: OpenApiResponse(description="idempotency_key_reused: this key was used for another request"),
+}
 CHECKOUT_RESPONSES = {
+    400: KEYED_RESPONSES[400],
     201: s.CheckoutSerializer,
     202: OpenApiResponse(s.CheckoutSerializer, description="requires_action or processing"),
     402: OpenApiResponse(description="payment_declined: nothing granted"),
@@ -148,9 +160,11 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     @extend_schema(
         summary="Start selling this vehicle: returns a one-time code for the buyer",
         request=None,
-        responses={201: s.TransferStartedSerializer, 404: ERROR},
+        responses={**KEYED_RESPONSES, 201: s.TransferStartedSerializer, 404: ERROR},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     @action(detail=True, methods=["post"])
+    @idempotent
     def transfer(self, request, pk=None):
         started = transfers.transfer_start(owner=self.owner, vehicle_id=self._vehicle().pk, at=timezone.now())
         return Response(s.TransferStartedSerializer(started).data, status=status.HTTP_201_CREATED)
@@ -188,7 +202,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
     @extend_schema(
         summary="Cancel: at period end, or now with a full refund within the withdrawal period",
         request=None,
-        responses={200: s.SubscriptionSerializer, 404: ERROR, 422: ERROR},
+        responses={**KEYED_RESPONSES, 200: s.SubscriptionSerializer, 404: ERROR, 422: ERROR},
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     @action(detail=True, methods=["post"])
@@ -256,9 +270,10 @@ class MyPurchaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerV
         summary="Withdraw within the market's withdrawal period: full refund, the feature ends",
         request=None,
         responses={
+            **KEYED_RESPONSES,
             200: s.PurchaseSerializer,
             404: ERROR,
-            422: OpenApiResponse(description="withdrawal_period_over"),
+            422: OpenApiResponse(description="withdrawal_period_over, idempotency_key_reused"),
         },
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
@@ -293,9 +308,11 @@ class MyPaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     @extend_schema(
         summary="After 3-D Secure (or to check a processing payment): ask Stripe and settle",
         request=None,
-        responses={200: s.PaymentSerializer, 404: ERROR},
+        responses={**KEYED_RESPONSES, 200: s.PaymentSerializer, 404: ERROR},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     @action(detail=True, methods=["post"])
+    @idempotent
     def confirm(self, request, pk=None):
         attempt = self.get_object()
         return Response(s.PaymentSerializer(payment_attempt_refresh(attempt_id=attempt.pk)).data)
@@ -327,7 +344,7 @@ class MyPaymentMethodViewSet(mixins.ListModelMixin, OwnerViewSet):
     @extend_schema(
         summary="Create a Stripe SetupIntent to save a card; confirm its client_secret in the app",
         request=None,
-        responses={201: s.SetupIntentSerializer},
+        responses={**KEYED_RESPONSES, 201: s.SetupIntentSerializer},
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     @action(detail=False, methods=["post"], url_path="setup-intent")

@@ -64,7 +64,7 @@ def test_three_d_secure_returns_client_secret_then_confirm_grants(stripe_proxy, 
     assert not Entitlement.objects.exists()
     payment_intent = PaymentAttempt.objects.get().stripe_payment_intent_id
     stripe_proxy_authenticate(localstripe_url, payment_intent, body["payment"]["client_secret"])
-    confirmed = client.post(f"/api/v1/me/payments/{body['payment']['id']}/confirm/")
+    confirmed = post(client, f"/api/v1/me/payments/{body['payment']['id']}/confirm/")
     assert confirmed.json()["status"] == "succeeded"
     assert Entitlement.objects.filter(vehicle=vehicle, feature__code="heated_seats").exists()
 

@@ -270,7 +270,7 @@ def test_a_purchase_without_idempotency_key_is_refused(stripe_proxy):
     )
 
     assert response.status_code == 400
-    assert response.json()["code"] == "idempotency_key_invalid"
+    assert response.json()["code"] == "idempotency_key_required"
     assert not Purchase.objects.exists()
 
 

@@ -24,6 +24,7 @@ from tests.billing.api_helpers import (
     buy,
     catalog_world,
     owner_client,
+    post,
     results,
     subscribe_paid,
     vehicle_client,
@@ -59,7 +60,7 @@ def _seller_world():
 
 
 def _start(seller, vehicle) -> dict:
-    response = owner_client(seller).post(f"/api/v1/me/vehicles/{vehicle.pk}/transfer/")
+    response = post(owner_client(seller), f"/api/v1/me/vehicles/{vehicle.pk}/transfer/")
     assert response.status_code == 201, response.json()
     return response.json()
 
@@ -247,7 +248,7 @@ def test_starting_a_transfer_for_someone_elses_car_is_not_found(stripe_proxy):
     stranger = OwnerFactory()
     VehicleFactory(owner=stranger)
 
-    response = owner_client(stranger).post(f"/api/v1/me/vehicles/{vehicle.pk}/transfer/")
+    response = post(owner_client(stranger), f"/api/v1/me/vehicles/{vehicle.pk}/transfer/")
 
     assert response.status_code == 404
     assert not VehicleTransfer.objects.exists()

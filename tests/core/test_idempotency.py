@@ -164,7 +164,7 @@ def test_missing_key_is_refused_when_required(client):
 
     assert response.status_code == 400
     body = response.json()
-    assert body["code"] == "idempotency_key_invalid"
+    assert body["code"] == "idempotency_key_required"
     assert "Idempotency-Key" in body["message"]
     assert charges() == 0
     assert not IdempotencyRecord.objects.exists()
