@@ -11,6 +11,8 @@ pure state toggles (resume, default card, change preview, claim, add a card) tak
 
 from __future__ import annotations
 
+from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -18,7 +20,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from billing.api import serializers as s
-from billing.models import Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
+from billing.models import Invoice, PaymentAttempt, PaymentMethod, Purchase, RefundStatus, Subscription
 from billing.selectors import offers_for_vehicle
 from billing.services import customers, purchases, subscriptions, transfers
 from billing.services.checkout import CheckoutOutcome
@@ -292,7 +294,7 @@ class MyInvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     queryset = Invoice.objects.none()
 
     def owner_queryset(self, owner):
-        return Invoice.objects.filter(owner=owner).prefetch_related("lines__invoice")
+        return Invoice.objects.filter(owner=owner).prefetch_related("lines__invoice", "attempts__refunds")
 
 
 @extend_schema_view(list=extend_schema(summary="My payments"), retrieve=extend_schema(summary="One payment"))
@@ -303,7 +305,7 @@ class MyPaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     queryset = PaymentAttempt.objects.none()
 
     def owner_queryset(self, owner):
-        return PaymentAttempt.objects.filter(owner=owner)
+        return payments_with_refunded(PaymentAttempt.objects.filter(owner=owner))
 
     @extend_schema(
         summary="After 3-D Secure (or to check a processing payment): ask Stripe and settle",
@@ -364,6 +366,14 @@ class MyPaymentMethodViewSet(mixins.ListModelMixin, OwnerViewSet):
         method = self.get_object()
         method = customers.payment_method_set_default(owner=self.owner, payment_method=method)
         return Response(s.PaymentMethodSerializer(method).data)
+
+
+def payments_with_refunded(queryset):
+    """Each attempt with the sum of its succeeded refunds, in the same query (no N+1)."""
+    succeeded = Q(refunds__status=RefundStatus.SUCCEEDED)
+    return queryset.annotate(
+        **{s.REFUNDED_ANNOTATION: Coalesce(Sum("refunds__amount_minor", filter=succeeded), 0)}
+    )
 
 
 def _valid(serializer_class, request) -> dict:

@@ -3,10 +3,21 @@ may send is the input serializers' fields, nothing else is read (no mass assignm
 
 from __future__ import annotations
 
+from django.db.models import Sum
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from billing.models import Invoice, InvoiceLine, PaymentAttempt, PaymentMethod, Purchase, Subscription
+from billing.models import (
+    AttemptStatus,
+    Invoice,
+    InvoiceLine,
+    PaymentAttempt,
+    PaymentMethod,
+    Purchase,
+    Refund,
+    RefundStatus,
+    Subscription,
+)
 from core.money import format_money
 
 
@@ -126,11 +137,60 @@ class InvoiceLineSerializer(serializers.ModelSerializer):
         fields = ["description", "amount", "period_start", "period_end"]
 
 
+# --- refunds: what was given back, counted from succeeded refunds only ---------------------
+# The view querysets prefetch or annotate these, so a list costs the same queries whatever its size;
+# a single object (a checkout answer) is computed with one query.
+REFUNDED_ANNOTATION = "refunded_succeeded_minor"
+
+
+def refunded_minor_of_attempt(attempt: PaymentAttempt) -> int:
+    """Minor units refunded by succeeded refunds (pending/unknown ones do not count yet)."""
+    annotated = getattr(attempt, REFUNDED_ANNOTATION, None)
+    if annotated is not None:
+        return annotated
+    if getattr(attempt, "_state", None) is None or attempt._state.adding:
+        return 0
+    succeeded = attempt.refunds.filter(status=RefundStatus.SUCCEEDED)
+    return succeeded.aggregate(total=Sum("amount_minor"))["total"] or 0
+
+
+def _invoice_refunds(invoice: Invoice) -> list[Refund]:
+    """The refunds of every attempt of the invoice (prefetched by the invoice views)."""
+    refunds = [refund for attempt in invoice.attempts.all() for refund in attempt.refunds.all()]
+    return sorted(refunds, key=lambda refund: refund.created_at)
+
+
+class RefundSerializer(serializers.ModelSerializer):
+    amount = MoneyField("amount_minor")
+    payment = serializers.UUIDField(source="payment_attempt_id")
+    reason = serializers.CharField(help_text="Why: withdrawal, vehicle sold, undeliverable, goodwill...")
+
+    class Meta:
+        model = Refund
+        fields = ["id", "payment", "amount", "status", "reason", "created_at"]
+
+
 class InvoiceSerializer(serializers.ModelSerializer):
     total = MoneyField("total_minor")
     tax = MoneyField("tax_minor")
     vehicle = serializers.UUIDField(source="vehicle_id", allow_null=True)
     lines = InvoiceLineSerializer(many=True)
+    refunded = serializers.SerializerMethodField(
+        help_text="Given back so far: the sum of the succeeded refunds of this invoice's payments."
+    )
+    refunds = serializers.SerializerMethodField(
+        help_text="Every refund of this invoice's payments, with its status and reason (pending and "
+        "unknown ones are under way and not counted in `refunded` yet)."
+    )
+
+    @extend_schema_field(MoneySerializer)
+    def get_refunded(self, invoice) -> dict:
+        total = sum(r.amount_minor for r in _invoice_refunds(invoice) if r.status == RefundStatus.SUCCEEDED)
+        return money(total, invoice.currency)
+
+    @extend_schema_field(RefundSerializer(many=True))
+    def get_refunds(self, invoice) -> list[dict]:
+        return RefundSerializer(_invoice_refunds(invoice), many=True).data
 
     class Meta:
         model = Invoice
@@ -145,13 +205,25 @@ class InvoiceSerializer(serializers.ModelSerializer):
             "total",
             "tax",
             "lines",
+            "refunded",
+            "refunds",
             "created_at",
             "paid_at",
         ]
 
 
+PAYMENT_STATUSES = [*AttemptStatus.values, "partially_refunded", "refunded"]
+
+
 class PaymentSerializer(serializers.ModelSerializer):
     amount = MoneyField("amount_minor")
+    refunded = serializers.SerializerMethodField(
+        help_text="Given back so far by succeeded refunds (pending or unknown refunds not yet)."
+    )
+    status = serializers.SerializerMethodField(
+        help_text="The attempt's status; a succeeded payment that refunds cover in part or in full "
+        "reads partially_refunded or refunded."
+    )
     invoice = serializers.UUIDField(source="invoice_id")
     client_secret = serializers.SerializerMethodField(
         help_text="Only while the payment requires action (3-D Secure): confirm it with Stripe's SDK."
@@ -165,6 +237,7 @@ class PaymentSerializer(serializers.ModelSerializer):
             "invoice",
             "status",
             "amount",
+            "refunded",
             "decline_code",
             "client_secret",
             "created_at",
@@ -173,6 +246,17 @@ class PaymentSerializer(serializers.ModelSerializer):
 
     def get_client_secret(self, attempt) -> str | None:
         return (attempt.client_secret or None) if attempt.status == "requires_action" else None
+
+    @extend_schema_field(MoneySerializer)
+    def get_refunded(self, attempt) -> dict:
+        return money(refunded_minor_of_attempt(attempt), attempt.currency)
+
+    @extend_schema_field(serializers.ChoiceField(choices=PAYMENT_STATUSES))
+    def get_status(self, attempt) -> str:
+        refunded = refunded_minor_of_attempt(attempt) if attempt.status == AttemptStatus.SUCCEEDED else 0
+        if refunded <= 0:
+            return attempt.status
+        return "refunded" if refunded >= attempt.amount_minor else "partially_refunded"
 
 
 class PaymentMethodSerializer(serializers.ModelSerializer):
