@@ -12,10 +12,19 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing.models import Entitlement, EntitlementSource, Feature, Price, Subscription, SubscriptionStatus
+from billing.models import (
+    Entitlement,
+    EntitlementSource,
+    Feature,
+    Price,
+    Refund,
+    Subscription,
+    SubscriptionStatus,
+)
 from billing.selectors import entitlements_active_at
 from billing.services.catalog import offer_for_vehicle
-from billing.services.demo_data import demo_data_seed
+from billing.services.demo_data import SUBSCRIPTIONS, demo_data_seed
+from billing.services.subscriptions import subscription_cancel
 from core.periods import Interval, add_interval
 from vehicles.models import Owner, Ownership, Vehicle
 
@@ -196,3 +205,27 @@ def test_seed_later_in_time_still_gives_current_periods():
     for sub in Subscription.objects.all():
         assert sub.current_period_start <= later < sub.current_period_end
         assert entitlements_active_at(vehicle_id=sub.vehicle_id, at=later).filter(subscription=sub).exists()
+
+
+def test_demo_subscriptions_are_dated_from_when_they_began_not_from_the_seeding(seeded):
+    began = {(vin, code): started_at for vin, code, started_at in SUBSCRIPTIONS}
+    for sub in Subscription.objects.select_related("vehicle", "offer"):
+        assert sub.created_at == began[(sub.vehicle.vin, sub.offer.code)]
+        assert sub.created_at <= sub.current_period_start < NOW
+
+
+def test_canceling_a_demo_subscription_begun_weeks_ago_is_not_a_withdrawal(seeded):
+    """In the EU a consumer may withdraw within 14 days of subscribing; the demo's subscriptions
+    began weeks ago, so a cancel ends them at period end, keeps the features and refunds nothing."""
+    anna = Owner.objects.get(email="anna@example.com")
+    subscriptions = list(Subscription.objects.filter(owner__is_consumer=True).select_related("owner"))
+    assert any(s.owner == anna for s in subscriptions)
+
+    with time_machine.travel(NOW, tick=False):
+        canceled = [subscription_cancel(owner=s.owner, subscription_id=s.pk, at=NOW) for s in subscriptions]
+
+    for sub in canceled:
+        sub.refresh_from_db()
+        assert (sub.status, sub.cancel_at_period_end, sub.ended_at) == (SubscriptionStatus.ACTIVE, True, None)
+        assert entitlements_active_at(vehicle_id=sub.vehicle_id, at=NOW).filter(subscription=sub).exists()
+    assert not Refund.objects.exists()

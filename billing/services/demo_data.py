@@ -618,6 +618,10 @@ def _seed_subscriptions(tally: _Tally, vehicles: dict[str, Vehicle], now: dateti
                 current_period_end=period.end,
                 trial_end=trial_end,
             )
+            # created_at is auto_now_add (the seeding time), but these subscriptions began weeks or
+            # months ago: withdrawal periods and history count from when they began.
+            subscription.created_at = min(started_at, now)
+            Subscription.objects.filter(pk=subscription.pk).update(created_at=subscription.created_at)
         tally.add("subscriptions", created)
         if trial_end:
             for feature in offer.features.all():
