@@ -37,8 +37,12 @@ def round_minor(value: Fraction | Decimal | int) -> int:
     return -whole if exact < 0 else whole
 
 
-def prorate(amount_minor: int, *, part_seconds: int, whole_seconds: int) -> int:
-    """`amount_minor * part_seconds / whole_seconds`, exact, rounded once.
+def prorate(amount_minor: int, *, part_seconds: int, whole_seconds: int, step: int = 1) -> int:
+    """`amount_minor * part_seconds / whole_seconds`, exact, rounded once to a multiple of `step`.
+
+    `step` is the smallest amount the payment provider can move in the currency
+    (`chargeable_step`: 10 for three-decimal currencies), so a prorated line can always be
+    charged or refunded; with an amount that is a multiple of `step` the result stays in range.
 
     For a non-negative amount the result lies in [0, amount] and never decreases as
     `part_seconds` grows; `part_seconds == 0` (or a zero-length period) gives 0 and the
@@ -51,9 +55,11 @@ def prorate(amount_minor: int, *, part_seconds: int, whole_seconds: int) -> int:
         raise TypeError(f"whole_seconds must be an int, not {type(whole_seconds).__name__}.")
     if whole_seconds < 0 or not 0 <= part_seconds <= whole_seconds:
         raise ValueError(f"Need 0 <= part_seconds ({part_seconds}) <= whole_seconds ({whole_seconds}).")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"step must be a positive int, not {step!r}.")
     if part_seconds == 0:
         return 0
-    return round_minor(Fraction(amount_minor * part_seconds, whole_seconds))
+    return round_minor(Fraction(amount_minor * part_seconds, whole_seconds * step)) * step
 
 
 def _whole_seconds(delta: timedelta) -> int:
@@ -65,7 +71,9 @@ def _require_aware(name: str, value: datetime) -> None:
         raise ValueError(f"{name} must be a timezone-aware datetime.")
 
 
-def prorate_between(amount_minor: int, *, period_start: datetime, period_end: datetime, at: datetime) -> int:
+def prorate_between(
+    amount_minor: int, *, period_start: datetime, period_end: datetime, at: datetime, step: int = 1
+) -> int:
     """The share of `amount_minor` for the time REMAINING from `at` to the end of `[start, end)`.
 
     `at` before the start counts the whole period, at/after the end nothing. Time is counted in
@@ -80,19 +88,20 @@ def prorate_between(amount_minor: int, *, period_start: datetime, period_end: da
         amount_minor,
         part_seconds=_whole_seconds(period_end - clamped),
         whole_seconds=_whole_seconds(period_end - period_start),
+        step=step,
     )
 
 
 def upgrade_proration(
-    old_amount_minor: int, new_amount_minor: int, *, part_seconds: int, whole_seconds: int
+    old_amount_minor: int, new_amount_minor: int, *, part_seconds: int, whole_seconds: int, step: int = 1
 ) -> tuple[int, int]:
     """(credit, debit) lines for switching price for the remaining `part_seconds`.
 
     credit = -prorate(old), debit = prorate(new); each line is rounded once, so
     credit + debit is within 1 minor unit of the exact difference (1/2 per line).
     """
-    credit = -prorate(old_amount_minor, part_seconds=part_seconds, whole_seconds=whole_seconds)
-    debit = prorate(new_amount_minor, part_seconds=part_seconds, whole_seconds=whole_seconds)
+    credit = -prorate(old_amount_minor, part_seconds=part_seconds, whole_seconds=whole_seconds, step=step)
+    debit = prorate(new_amount_minor, part_seconds=part_seconds, whole_seconds=whole_seconds, step=step)
     return credit, debit
 
 
@@ -134,6 +143,16 @@ def _stripe_exponent(currency: str) -> int:
             f"{currency} cannot be charged through Stripe.", code=ErrorCode.INVALID_CURRENCY
         )
     return stripe
+
+
+def chargeable_step(currency: str) -> int:
+    """The smallest number of minor units Stripe can move in `currency`: 10 for three-decimal
+    currencies (BHD, JOD, KWD, OMR, TND), 100 for MGA, 1 otherwise. Prorations round to it."""
+    iso = CURRENCY_EXPONENTS[validate_currency(currency)]
+    stripe = _stripe_exponent(currency)
+    if stripe == 3:
+        return THREE_DECIMAL_STEP
+    return 10 ** (iso - stripe) if stripe < iso else 1
 
 
 def to_stripe_amount(money: Money) -> int:

@@ -185,3 +185,12 @@ class VehicleTransfer(models.Model):
                 name="one_pending_transfer_per_vehicle",
             ),
         ]
+
+
+# The one place that says which transfer status may follow which.
+TRANSFER_TRANSITIONS: dict[str, frozenset[str]] = {
+    VehicleTransfer.Status.PENDING: frozenset({"completed", "canceled", "expired"}),
+    VehicleTransfer.Status.COMPLETED: frozenset(),
+    VehicleTransfer.Status.CANCELED: frozenset(),
+    VehicleTransfer.Status.EXPIRED: frozenset(),
+}

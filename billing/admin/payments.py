@@ -7,10 +7,31 @@ from django.contrib import admin, messages
 
 from billing.admin.display import money_column, short_id
 from billing.models import AttemptStatus, PaymentAttempt, PaymentMethod, Refund
-from billing.services.refunds import refund_in_full_or_raise
+from billing.services.payments import payment_attempt_retry_now
+from billing.services.refunds import refund_in_full_or_raise, refund_retry_now
 from core.admin import ReadOnlyAdmin
 from core.errors import BillingError
 from core.money import format_money
+
+
+class ReconcileStateFilter(admin.SimpleListFilter):
+    """Rows the reconciler could not settle: backed off after an error, or dead-lettered."""
+
+    title = "reconciler"
+    parameter_name = "reconciler"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("dead_letter", "Dead letter (needs an operator)"),
+            ("backing_off", "Backing off after errors"),
+        )
+
+    def queryset(self, request, queryset):
+        if self.value() == "dead_letter":
+            return queryset.filter(dead_lettered_at__isnull=False)
+        if self.value() == "backing_off":
+            return queryset.filter(dead_lettered_at__isnull=True, reconcile_failures__gt=0)
+        return queryset
 
 
 @admin.register(PaymentMethod)
@@ -41,10 +62,12 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
         "status",
         "stripe_payment_intent_id",
         "error_code",
+        "reconcile_failures",
+        "dead_lettered_at",
         "created_at",
         "updated_at",
     )
-    list_filter = ("status", "currency", "error_code")
+    list_filter = (ReconcileStateFilter, "status", "currency", "error_code")
     search_fields = (
         "id",
         "stripe_payment_intent_id",
@@ -56,7 +79,17 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     readonly_fields = ("amount", "idempotency_key")
     amount = money_column("amount_minor", description="Amount")
-    actions = ("refund_in_full",)
+    actions = ("refund_in_full", "reconcile_now")
+
+    @admin.action(description="Retry now: ask Stripe where these payments stand (clears the dead letter)")
+    def reconcile_now(self, request, queryset) -> None:
+        for attempt in queryset:
+            try:
+                settled = payment_attempt_retry_now(attempt_id=attempt.pk)
+            except Exception as exc:  # noqa: BLE001 - shown to the operator, recorded on the row
+                self.message_user(request, f"{short_id(attempt.id)}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{short_id(attempt.id)}: {settled.status}.")
 
     @admin.action(description="Refund in full what is left (goodwill: the features stay)")
     def refund_in_full(self, request, queryset) -> None:
@@ -91,10 +124,27 @@ class RefundAdmin(ReadOnlyAdmin):
         "invoice_number",
         "amount",
         "status",
+        "reason",
         "stripe_refund_id",
+        "reconcile_failures",
+        "dead_lettered_at",
         "created_at",
     )
-    list_filter = ("status", "currency")
+    list_filter = (ReconcileStateFilter, "status", "currency")
+    actions = ("reconcile_now",)
+
+    @admin.action(
+        description="Retry now: send these refunds to Stripe again (same key; clears the dead letter)"
+    )
+    def reconcile_now(self, request, queryset) -> None:
+        for refund in queryset:
+            try:
+                settled = refund_retry_now(refund_id=refund.pk)
+            except Exception as exc:  # noqa: BLE001 - shown to the operator, recorded on the row
+                self.message_user(request, f"{short_id(refund.id)}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{short_id(refund.id)}: {settled.status}.")
+
     search_fields = (
         "id",
         "stripe_refund_id",

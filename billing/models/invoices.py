@@ -83,6 +83,11 @@ class Invoice(models.Model):
                 condition=models.Q(kind="subscription_period"),
                 name="one_invoice_per_subscription_period",
             ),
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=models.Q(kind="plan_change", status="open"),
+                name="one_open_plan_change_per_subscription",
+            ),
             non_negative_constraint("total_minor", "invoice_total_non_negative"),
             non_negative_constraint("tax_minor", "invoice_tax_non_negative"),
             valid_currency_constraint("currency", "invoice_currency_valid"),

@@ -52,14 +52,31 @@ LIVE_ATTEMPT_STATUSES = (
 ATTEMPT_TRANSITIONS: dict[str, frozenset[str]] = {
     AttemptStatus.PENDING: frozenset({"succeeded", "declined", "requires_action", "unknown"}),
     AttemptStatus.REQUIRES_ACTION: frozenset({"succeeded", "declined", "canceled"}),
-    AttemptStatus.UNKNOWN: frozenset({"succeeded", "declined"}),
+    AttemptStatus.UNKNOWN: frozenset({"succeeded", "declined", "requires_action"}),
     AttemptStatus.SUCCEEDED: frozenset(),
     AttemptStatus.DECLINED: frozenset(),
     AttemptStatus.CANCELED: frozenset(),
 }
 
 
-class PaymentAttempt(models.Model):
+class ReconcileState(models.Model):
+    """What the reconciler knows of a row it could not settle: failures, back-off, dead letter.
+
+    A row that raised is recorded here and backed off; the others go on. After
+    `settings.RECONCILE_MAX_FAILURES` failures it is dead-lettered: listed in admin with its
+    last error, skipped by the reconciler until an operator retries it.
+    """
+
+    reconcile_failures = models.PositiveSmallIntegerField(default=0)
+    reconcile_error = models.CharField(max_length=500, blank=True)
+    next_reconcile_at = models.DateTimeField(null=True, blank=True)
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class PaymentAttempt(ReconcileState):
     """Committed before Stripe is called; its id is the Stripe idempotency key."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -103,7 +120,15 @@ class RefundStatus(models.TextChoices):
     UNKNOWN = "unknown", "Unknown outcome"
 
 
-class Refund(models.Model):
+REFUND_TRANSITIONS: dict[str, frozenset[str]] = {
+    RefundStatus.PENDING: frozenset({"succeeded", "failed", "unknown"}),
+    RefundStatus.UNKNOWN: frozenset({"succeeded", "failed", "pending"}),
+    RefundStatus.SUCCEEDED: frozenset(),
+    RefundStatus.FAILED: frozenset(),
+}
+
+
+class Refund(ReconcileState):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     payment_attempt = models.ForeignKey(PaymentAttempt, on_delete=models.PROTECT, related_name="refunds")
     amount_minor = models.BigIntegerField()

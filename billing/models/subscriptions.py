@@ -112,6 +112,14 @@ class PurchaseStatus(models.TextChoices):
     REFUNDED = "refunded", "Refunded"
 
 
+PURCHASE_TRANSITIONS: dict[str, frozenset[str]] = {
+    PurchaseStatus.PENDING: frozenset({"paid", "failed"}),
+    PurchaseStatus.PAID: frozenset({"refunded"}),
+    PurchaseStatus.FAILED: frozenset(),
+    PurchaseStatus.REFUNDED: frozenset(),
+}
+
+
 class Purchase(models.Model):
     """A one-time unlock, bound to the vehicle (perpetual)."""
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import AttemptStatus, Invoice, PaymentAttempt, PaymentMethod, Purchase, Subscription
-from billing.services.fulfilment import invoice_fulfil_paid
+from billing.models import (
+    AttemptStatus,
+    Invoice,
+    InvoiceStatus,
+    PaymentAttempt,
+    PaymentMethod,
+    Purchase,
+    Subscription,
+)
+from billing.services.fulfilment import invoice_fulfil_paid, invoice_undeliverable_reason
 from billing.services.payments import payment_attempt_charge, payment_attempt_create
-from core.errors import ErrorCode, PaymentError
+from billing.services.transitions import invoice_transition
+from core.errors import BusinessRuleViolation, ErrorCode, PaymentError
 
 
 @dataclass(frozen=True)
@@ -28,18 +38,26 @@ class CheckoutOutcome:
         return self.attempt.client_secret if self.status == "requires_action" and self.attempt else None
 
 
-def invoice_charge(*, invoice: Invoice, payment_method: PaymentMethod) -> tuple[str, PaymentAttempt | None]:
+def invoice_charge(
+    *, invoice: Invoice, payment_method: PaymentMethod, at: datetime | None = None
+) -> tuple[str, PaymentAttempt | None]:
     """Charge a committed open invoice. A decline raises `payment_declined` (402) after the
     outcome is recorded; an unknown outcome is `processing`, settled later by the reconciler."""
     if invoice.total_minor == 0:  # a free plan, or an upgrade whose lines round to 0: nothing to charge
         with transaction.atomic():
             locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-            if locked.status != "paid":
-                invoice_fulfil_paid(invoice=locked, at=timezone.now())
+            moment = at or timezone.now()
+            reason = invoice_undeliverable_reason(invoice=locked, owner_id=locked.owner_id, at=moment)
+            if reason is not None:
+                invoice_transition(invoice=locked, to=InvoiceStatus.VOID, at=moment)
+            elif locked.status != InvoiceStatus.PAID:
+                invoice_fulfil_paid(invoice=locked, at=moment)
         invoice.refresh_from_db()
+        if reason is not None:
+            raise BusinessRuleViolation(f"Nothing to deliver: {reason}.", code=ErrorCode.INVALID_STATE)
         return "succeeded", None
     attempt = payment_attempt_create(invoice=invoice, payment_method=payment_method)
-    attempt = payment_attempt_charge(attempt_id=attempt.pk)
+    attempt = payment_attempt_charge(attempt_id=attempt.pk, at=at)
     invoice.refresh_from_db()
     if attempt.status == AttemptStatus.DECLINED:
         raise PaymentError(

@@ -2,6 +2,8 @@
 
 Called only from `payments.payment_attempt_record`, inside its transaction, with the invoice
 locked: so a payment is fulfilled exactly once, however often its outcome is recorded.
+`invoice_undeliverable_reason` is asked first: a payment that settles after what it paid for
+can no longer be delivered is refunded by the caller, never applied to anything else.
 """
 
 from __future__ import annotations
@@ -17,37 +19,67 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
-from billing.models.subscriptions import SUBSCRIPTION_TRANSITIONS
+from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.entitlements import (
     entitlements_end,
     entitlements_grant_for_purchase,
     entitlements_grant_for_subscription_period,
 )
-from billing.services.invoices import invoice_transition
-from core.errors import BusinessRuleViolation, ErrorCode
+from billing.services.transitions import invoice_transition, purchase_transition, subscription_transition
+from vehicles.models import Ownership
 
 
-def subscription_transition(*, subscription: Subscription, to: str) -> None:
-    """Move a locked subscription to `to` if the state machine allows it."""
-    if to != subscription.status and to not in SUBSCRIPTION_TRANSITIONS[subscription.status]:
-        raise BusinessRuleViolation(
-            f"A subscription cannot go from {subscription.status} to {to}.", code=ErrorCode.INVALID_STATE
-        )
-    subscription.status = to
+def _current_owner_id(vehicle_id) -> int | None:
+    return (
+        Ownership.objects.filter(vehicle_id=vehicle_id, ends_at__isnull=True)
+        .values_list("owner_id", flat=True)
+        .first()
+    )
+
+
+def invoice_undeliverable_reason(*, invoice: Invoice, owner_id: int, at: datetime) -> str | None:
+    """Why what `invoice` paid for can no longer be delivered (None: it can). Read under the
+    invoice lock, before anything is granted."""
+    if invoice.status == InvoiceStatus.PAID:
+        return None  # fulfilled already (a replayed outcome)
+    if invoice.vehicle_id is not None and _current_owner_id(invoice.vehicle_id) != owner_id:
+        return "the vehicle changed hands before the payment settled"
+    if invoice.kind == InvoiceKind.PURCHASE:
+        purchase = Purchase.objects.get(pk=invoice.purchase_id)
+        if purchase.status != PurchaseStatus.PENDING:
+            return f"the purchase is {purchase.status}"
+        return None
+    subscription = Subscription.objects.get(pk=invoice.subscription_id)
+    if subscription.status not in LIVE_SUBSCRIPTION_STATUSES:
+        return f"the subscription is {subscription.status}"
+    if invoice.kind == InvoiceKind.PLAN_CHANGE:
+        target = invoice.change_to_price
+        if subscription.status != SubscriptionStatus.ACTIVE:
+            return f"plans change only on an active subscription, this one is {subscription.status}"
+        if subscription.offer_id == target.offer_id:
+            return "the subscription is already on that plan"
+        if subscription.current_period_end != invoice.period_end:
+            return "the period the change was priced for is over"
+        clash = Subscription.objects.filter(
+            vehicle_id=subscription.vehicle_id,
+            offer_id=target.offer_id,
+            status__in=LIVE_SUBSCRIPTION_STATUSES,
+        ).exclude(pk=subscription.pk)
+        if clash.exists():
+            return "the vehicle already has that plan"
+    return None
 
 
 def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
     invoice_transition(invoice=invoice, to=InvoiceStatus.PAID, at=at)
     if invoice.kind == InvoiceKind.PURCHASE:
         purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
-        purchase.status, purchase.paid_at = PurchaseStatus.PAID, at
-        purchase.save(update_fields=["status", "paid_at"])
+        purchase_transition(purchase=purchase, to=PurchaseStatus.PAID, paid_at=at)
         entitlements_grant_for_purchase(purchase=purchase, starts_at=at)
         return
     subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
     if invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
         subscription_transition(subscription=subscription, to=SubscriptionStatus.ACTIVE)
-        subscription.save(update_fields=["status", "updated_at"])
         entitlements_grant_for_subscription_period(
             subscription=subscription, period_start=invoice.period_start, period_end=invoice.period_end
         )
@@ -72,19 +104,23 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
     """A declined payment grants nothing: a first payment closes what it was for, a renewal
     leaves the subscription past due."""
     if invoice.kind == InvoiceKind.PURCHASE:
-        Purchase.objects.filter(pk=invoice.purchase_id, status=PurchaseStatus.PENDING).update(
-            status=PurchaseStatus.FAILED
-        )
-        invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
+        purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
+        if purchase.status == PurchaseStatus.PENDING:
+            purchase_transition(purchase=purchase, to=PurchaseStatus.FAILED)
+        if invoice.status == InvoiceStatus.OPEN:
+            invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
     elif invoice.kind == InvoiceKind.PLAN_CHANGE:
-        invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
+        if invoice.status == InvoiceStatus.OPEN:
+            invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
     elif invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
         subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
         if subscription.status == SubscriptionStatus.INCOMPLETE:
-            subscription.status, subscription.canceled_at, subscription.ended_at = "canceled", at, at
-            subscription.save(update_fields=["status", "canceled_at", "ended_at", "updated_at"])
+            subscription_transition(
+                subscription=subscription, to=SubscriptionStatus.CANCELED, canceled_at=at, ended_at=at
+            )
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
         elif subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
             # A renewal was declined: the invoice stays open for dunning, no new period is granted.
             subscription_transition(subscription=subscription, to=SubscriptionStatus.PAST_DUE)
-            subscription.save(update_fields=["status", "updated_at"])
+        elif subscription.status == SubscriptionStatus.CANCELED and invoice.status == InvoiceStatus.OPEN:
+            invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)

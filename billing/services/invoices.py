@@ -8,8 +8,7 @@ from datetime import datetime
 from django.db import transaction
 
 from billing.models import Invoice, InvoiceKind, InvoiceLine, InvoiceNumberSequence, InvoiceStatus, Price
-from billing.models.invoices import INVOICE_TRANSITIONS
-from core.errors import BusinessRuleViolation, ErrorCode, ValidationError
+from core.errors import ErrorCode, ValidationError
 from vehicles.models import Owner, Vehicle
 
 
@@ -80,21 +79,6 @@ def invoice_create(
         )
         for line in lines
     )
-    return invoice
-
-
-def invoice_transition(*, invoice: Invoice, to: str, at: datetime) -> Invoice:
-    """Move a (locked) invoice to `to` if the state machine allows it."""
-    if to not in INVOICE_TRANSITIONS[invoice.status]:
-        raise BusinessRuleViolation(
-            f"An invoice cannot go from {invoice.status} to {to}.", code=ErrorCode.INVALID_STATE
-        )
-    invoice.status = to
-    fields = ["status"]
-    if to == InvoiceStatus.PAID:
-        invoice.paid_at = at
-        fields.append("paid_at")
-    invoice.save(update_fields=fields)
     return invoice
 
 

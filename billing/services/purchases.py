@@ -18,11 +18,13 @@ from billing.models import (
 )
 from billing.services.catalog import offer_for_vehicle
 from billing.services.checkout import CheckoutOutcome, invoice_charge
+from billing.services.coverage import vehicle_reserve
 from billing.services.customers import payment_method_for_charge
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import LineSpec, invoice_create
 from billing.services.payments import payment_attempts_abandon_for
 from billing.services.refunds import refund_in_full_or_raise
+from billing.services.transitions import purchase_transition
 from core.errors import BusinessRuleViolation, Conflict, ErrorCode, NotFound
 from vehicles.models import Owner, Vehicle
 
@@ -52,15 +54,16 @@ def purchase_create(
             f"'{offer_code}' is a subscription: start it with POST .../subscriptions/.",
             code=ErrorCode.OFFER_UNAVAILABLE,
         )
-    if _features_owned_perpetually(vehicle=vehicle, offer=offer, at=at):
-        raise BusinessRuleViolation(
-            "This vehicle already has these features for good.", code=ErrorCode.ALREADY_ENTITLED
-        )
     if price.amount_minor == 0:  # checked before anything is created: nothing to charge
         raise BusinessRuleViolation("Free offers are granted, not bought.", code=ErrorCode.OFFER_UNAVAILABLE)
     payment_method = payment_method_for_charge(owner=owner, payment_method_id=payment_method_id)
     try:
         with transaction.atomic():
+            vehicle_reserve(vehicle=vehicle, owner=owner)  # checked under the vehicle lock
+            if _features_owned_perpetually(vehicle=vehicle, offer=offer, at=at):
+                raise BusinessRuleViolation(
+                    "This vehicle already has these features for good.", code=ErrorCode.ALREADY_ENTITLED
+                )
             purchase = Purchase.objects.create(owner=owner, vehicle=vehicle, offer=offer, price=price)
             invoice = invoice_create(
                 owner=owner,
@@ -76,7 +79,7 @@ def purchase_create(
             "A purchase of this offer for this vehicle is already pending or paid.",
             code=ErrorCode.ALREADY_ENTITLED,
         ) from exc
-    status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method)
+    status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method, at=at)
     purchase.refresh_from_db()
     return CheckoutOutcome(status=status, purchase=purchase, invoice=invoice, attempt=attempt)
 
@@ -112,7 +115,6 @@ def purchase_withdraw(*, owner: Owner, purchase_id, at: datetime) -> Purchase:
     refund_in_full_or_raise(payment_attempt=attempt, reason="withdrawal")
     with transaction.atomic():
         purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
-        purchase.status = PurchaseStatus.REFUNDED
-        purchase.save(update_fields=["status"])
+        purchase_transition(purchase=purchase, to=PurchaseStatus.REFUNDED)
         entitlements_end(purchase=purchase, at=at)
     return purchase

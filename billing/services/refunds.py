@@ -6,11 +6,13 @@ from datetime import timedelta
 
 import structlog
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from billing.gateways import stripe as gateway
 from billing.models import AttemptStatus, PaymentAttempt, Refund, RefundStatus
+from billing.services.reconcile import reconcile_failure_record
+from billing.services.transitions import refund_transition
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode
 from core.money import Money
 
@@ -73,26 +75,61 @@ def refund_execute(*, refund_id) -> Refund:
     except gateway.PaymentGatewayError as exc:
         log.warning("refund_outcome_unknown", refund=str(refund.pk), error=str(exc))
         status, stripe_id = RefundStatus.UNKNOWN, refund.stripe_refund_id
+    except BillingError as exc:  # refused before any call (an amount Stripe cannot move)
+        log.error("refund_not_sendable", refund=str(refund.pk), error=exc.message)
+        status, stripe_id = RefundStatus.FAILED, refund.stripe_refund_id
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund.pk)
-        if refund.status in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
-            refund.status, refund.stripe_refund_id = status, stripe_id or ""
-            refund.save(update_fields=["status", "stripe_refund_id"])
+        settling = refund.status in (RefundStatus.PENDING, RefundStatus.UNKNOWN)
+        if settling and not refund_transition(refund=refund, to=status, stripe_refund_id=stripe_id or ""):
+            refund.stripe_refund_id = stripe_id or refund.stripe_refund_id  # still pending at Stripe
+            refund.save(update_fields=["stripe_refund_id"])
     return refund
+
+
+def refund_execute_safely(*, refund_id) -> None:
+    """`refund_execute` for `on_commit` callbacks: after a commit nothing may raise; a refund
+    that could not be sent stays pending and the reconciler finishes it."""
+    try:
+        refund_execute(refund_id=refund_id)
+    except Exception:
+        log.exception("refund_execute_deferred", refund=str(refund_id))
 
 
 def refunds_reconcile(*, older_than: timedelta = timedelta(minutes=2), limit: int = 100) -> int:
     """Finish refunds left pending (crash after commit) or unknown (timeout), same key."""
-    cutoff = timezone.now() - older_than
-    with transaction.atomic():
-        ids = list(
-            Refund.objects.select_for_update(skip_locked=True)
-            .filter(status__in=[RefundStatus.PENDING, RefundStatus.UNKNOWN], created_at__lt=cutoff)
-            .values_list("pk", flat=True)[:limit]
-        )
+    now = timezone.now()
+    due = Refund.objects.filter(
+        Q(next_reconcile_at__isnull=True) | Q(next_reconcile_at__lte=now),
+        status__in=[RefundStatus.PENDING, RefundStatus.UNKNOWN],
+        created_at__lt=now - older_than,
+        dead_lettered_at__isnull=True,
+    )
+    ids = list(due.order_by("created_at").values_list("pk", flat=True)[:limit])
+    done = 0
     for refund_id in ids:
-        refund_execute(refund_id=refund_id)
-    return len(ids)
+        try:
+            with transaction.atomic():
+                if due.select_for_update(skip_locked=True).filter(pk=refund_id).first() is None:
+                    continue  # another worker has it, or it settled meanwhile
+                refund_execute(refund_id=refund_id)
+        except Exception as exc:  # noqa: BLE001 - one row never stalls the others
+            reconcile_failure_record(model=Refund, pk=refund_id, error=exc, at=now)
+            continue
+        done += 1
+    return done
+
+
+def refund_retry_now(*, refund_id) -> Refund:
+    """An operator's "retry now" on a dead-lettered or backed-off refund (same key)."""
+    Refund.objects.filter(pk=refund_id).update(
+        dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
+    )
+    try:
+        return refund_execute(refund_id=refund_id)
+    except Exception as exc:
+        reconcile_failure_record(model=Refund, pk=refund_id, error=exc, at=timezone.now())
+        raise
 
 
 def refund_in_full_or_raise(*, payment_attempt: PaymentAttempt, reason: str) -> Refund | None:

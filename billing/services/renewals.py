@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
 import structlog
 from django.db import IntegrityError, transaction
@@ -22,10 +23,12 @@ from billing.models import (
     Subscription,
     SubscriptionStatus,
 )
+from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.checkout import invoice_charge
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import subscription_period_invoice_create
-from core.errors import BillingError
+from billing.services.transitions import subscription_transition
+from core.errors import BillingError, ErrorCode
 from core.periods import Interval, period_at
 
 log = structlog.get_logger(__name__)
@@ -62,7 +65,7 @@ def subscriptions_renew_due(*, at: datetime, limit: int = 500) -> SweepReport:
         if limit <= 0:
             break
     for invoice in _stranded_renewal_invoices(at=at):
-        _charge(invoice=invoice, report=report)
+        _charge(invoice=invoice, report=report, at=at)
     return report
 
 
@@ -85,28 +88,36 @@ def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> None:
     except BillingError as exc:
         report.errors.append(f"{subscription_id}: {exc.code}")
         return
-    if invoice is None:
+    except Exception as exc:  # one subscription never stops the sweep
+        log.exception("renewal_failed", subscription=str(subscription_id))
+        report.errors.append(f"{subscription_id}: {type(exc).__name__}")
+        return
+    if invoice is RenewalSkipped.ENDED:
         report.canceled += 1
         return
-    if invoice == "skipped":
+    if invoice is RenewalSkipped.NOT_DUE:
         report.skipped += 1
         return
-    _charge(invoice=invoice, report=report)
+    _charge(invoice=invoice, report=report, at=at)
 
 
-def _charge(*, invoice: Invoice, report: SweepReport) -> None:
+def _charge(*, invoice: Invoice, report: SweepReport, at: datetime) -> None:
     subscription_id = invoice.subscription_id
     try:
         method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
         if method is None:
-            raise BillingError("The owner has no default payment method.", code="no_payment_method")
-        status, _ = invoice_charge(invoice=invoice, payment_method=method)
+            raise BillingError("The owner has no default payment method.", code=ErrorCode.NO_PAYMENT_METHOD)
+        status, _ = invoice_charge(invoice=invoice, payment_method=method, at=at)
     except BillingError as exc:
-        if exc.code == "payment_declined":
+        if exc.code == ErrorCode.PAYMENT_DECLINED:
             report.declined += 1
         else:
             report.errors.append(f"{subscription_id}: {exc.code}")
             log.warning("renewal_charge_failed", subscription=str(subscription_id), code=str(exc.code))
+        return
+    except Exception as exc:  # one subscription never stops the sweep
+        log.exception("renewal_charge_failed", subscription=str(subscription_id))
+        report.errors.append(f"{subscription_id}: {type(exc).__name__}")
         return
     if status == "succeeded":
         report.renewed += 1
@@ -114,11 +125,16 @@ def _charge(*, invoice: Invoice, report: SweepReport) -> None:
         report.pending += 1
 
 
-def subscription_renew(*, subscription_id, at: datetime) -> Invoice | str | None:
+class RenewalSkipped(Enum):
+    ENDED = "ended"  # canceled at period end instead of renewed
+    NOT_DUE = "not_due"  # another worker holds it, it is not due any more, or renewed already
+
+
+def subscription_renew(*, subscription_id, at: datetime) -> Invoice | RenewalSkipped:
     """Advance one due subscription to its next period and open that period's invoice.
 
-    Returns the invoice to charge, None when the subscription ended instead, or "skipped" when
-    another worker holds it or it is not due any more.
+    Returns the invoice to charge, or why there is none. A pending downgrade into a plan the car
+    has meanwhile got live is dropped (the current plan renews): a car has each plan once.
     """
     with transaction.atomic():
         subscription = (
@@ -128,26 +144,41 @@ def subscription_renew(*, subscription_id, at: datetime) -> Invoice | str | None
             .first()
         )
         if subscription is None:
-            return "skipped"
+            return RenewalSkipped.NOT_DUE
         period_start = subscription.current_period_end
         if subscription.cancel_at_period_end:
-            subscription.status, subscription.ended_at = SubscriptionStatus.CANCELED, period_start
-            subscription.save(update_fields=["status", "ended_at", "updated_at"])
-            entitlements_end(subscription=subscription, at=period_start)
-            return None
-        if subscription.pending_price_id:
-            subscription.offer, subscription.price = (
-                subscription.pending_price.offer,
-                subscription.pending_price,
+            subscription_transition(
+                subscription=subscription, to=SubscriptionStatus.CANCELED, ended_at=period_start
             )
+            entitlements_end(subscription=subscription, at=period_start)
+            return RenewalSkipped.ENDED
+        if subscription.pending_price_id:
+            target = subscription.pending_price.offer
+            clash = Subscription.objects.filter(
+                vehicle_id=subscription.vehicle_id, offer=target, status__in=LIVE_SUBSCRIPTION_STATUSES
+            ).exclude(pk=subscription.pk)
+            if clash.exists():
+                log.warning("pending_change_dropped", subscription=str(subscription.pk), offer=target.code)
+            else:
+                subscription.offer, subscription.price = target, subscription.pending_price
             subscription.pending_offer = subscription.pending_price = None
         period = period_at(subscription.billing_anchor, Interval(subscription.offer.interval), period_start)
         subscription.current_period_start, subscription.current_period_end = period.start, period.end
-        subscription.save()
+        subscription.save(
+            update_fields=[
+                "offer",
+                "price",
+                "pending_offer",
+                "pending_price",
+                "current_period_start",
+                "current_period_end",
+                "updated_at",
+            ]
+        )
         try:
             with transaction.atomic():
                 return subscription_period_invoice_create(
                     subscription=subscription, period_start=period.start, period_end=period.end, at=at
                 )
         except IntegrityError:  # this period's invoice exists: renewed already
-            return "skipped"
+            return RenewalSkipped.NOT_DUE

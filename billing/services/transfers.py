@@ -18,15 +18,25 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 
-from billing.models import AttemptStatus, Offer, PaymentAttempt, Purchase, PurchaseStatus, Subscription
+from billing.models import (
+    AttemptStatus,
+    Invoice,
+    Offer,
+    PaymentAttempt,
+    Purchase,
+    PurchaseStatus,
+    Subscription,
+)
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.entitlements import entitlements_end
-from billing.services.refunds import refund_execute, refund_prepare, refundable_minor
+from billing.services.payments import payment_attempts_abandon_for
+from billing.services.refunds import refund_execute_safely, refund_prepare, refundable_minor
 from billing.services.subscriptions import subscription_end_now
 from core.errors import BusinessRuleViolation, ErrorCode
-from core.rounding import prorate_between
+from core.rounding import chargeable_step, prorate_between
 from vehicles.models import Owner, Ownership, Vehicle, VehicleTransfer
 from vehicles.selectors import vehicle_of_owner
+from vehicles.services.transfers import vehicle_transfer_transition
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I look-alikes
 CODE_LENGTH = 10
@@ -49,9 +59,10 @@ def transfer_start(*, owner: Owner, vehicle_id, at: datetime) -> StartedTransfer
     vehicle = vehicle_of_owner(owner=owner, vehicle_id=vehicle_id)
     code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
     with transaction.atomic():
-        VehicleTransfer.objects.filter(vehicle=vehicle, status=VehicleTransfer.Status.PENDING).update(
-            status=VehicleTransfer.Status.CANCELED
-        )
+        for earlier in VehicleTransfer.objects.select_for_update().filter(
+            vehicle=vehicle, status=VehicleTransfer.Status.PENDING
+        ):
+            vehicle_transfer_transition(transfer=earlier, to=VehicleTransfer.Status.CANCELED)
         transfer = VehicleTransfer.objects.create(
             vehicle=vehicle,
             from_owner=owner,
@@ -82,9 +93,9 @@ def transfer_claim(*, new_owner: Owner, vin: str, code: str, at: datetime) -> Ve
             raise _invalid_code()
         if not hmac.compare_digest(transfer.code_hash, _code_hash(vin=vin, code=code)):
             transfer.failed_attempts += 1
+            transfer.save(update_fields=["failed_attempts"])
             if transfer.failed_attempts >= MAX_FAILED_CLAIMS:
-                transfer.status = VehicleTransfer.Status.EXPIRED
-            transfer.save(update_fields=["failed_attempts", "status"])
+                vehicle_transfer_transition(transfer=transfer, to=VehicleTransfer.Status.EXPIRED)
             wrong = True
         else:
             wrong = False
@@ -93,7 +104,15 @@ def transfer_claim(*, new_owner: Owner, vin: str, code: str, at: datetime) -> Ve
     if transfer.from_owner_id == new_owner.pk:
         raise BusinessRuleViolation("You already own this vehicle.", code=ErrorCode.INVALID_STATE)
     vehicle = transfer.vehicle
+    # The seller's payments still waiting for 3-D Secure on this car are canceled at Stripe first
+    # (or recorded, if they succeeded meanwhile), so a late authentication cannot charge. Ones
+    # whose outcome is unknown settle later; fulfilment then refunds them (the car changed hands).
+    payment_attempts_abandon_for(
+        invoices=Invoice.objects.filter(vehicle=vehicle, owner_id=transfer.from_owner_id),
+        block_on_unknown=False,
+    )
     with transaction.atomic():
+        Vehicle.objects.select_for_update().get(pk=vehicle.pk)  # serializes with checkouts of this car
         ended = (
             Ownership.objects.select_for_update()
             .filter(vehicle=vehicle, ends_at__isnull=True)
@@ -102,10 +121,17 @@ def transfer_claim(*, new_owner: Owner, vin: str, code: str, at: datetime) -> Ve
         if ended != 1:
             raise BusinessRuleViolation("The vehicle's ownership changed meanwhile.", code=ErrorCode.CONFLICT)
         Ownership.objects.create(vehicle=vehicle, owner=new_owner, starts_at=at)
-        transfer.status, transfer.to_owner, transfer.completed_at = "completed", new_owner, at
-        transfer.save(update_fields=["status", "to_owner", "completed_at"])
+        transfer = VehicleTransfer.objects.select_for_update().get(pk=transfer.pk)
+        if transfer.status != VehicleTransfer.Status.PENDING:
+            raise _invalid_code()
+        vehicle_transfer_transition(
+            transfer=transfer, to=VehicleTransfer.Status.COMPLETED, to_owner=new_owner, completed_at=at
+        )
         refund_ids = _release_seller_rights(vehicle=vehicle, seller_id=transfer.from_owner_id, at=at)
-        transaction.on_commit(lambda: [refund_execute(refund_id=refund_id) for refund_id in refund_ids])
+        # After commit nothing may raise: a refund that cannot be sent now is finished by the reconciler.
+        transaction.on_commit(
+            lambda: [refund_execute_safely(refund_id=refund_id) for refund_id in refund_ids]
+        )
     return vehicle
 
 
@@ -127,6 +153,7 @@ def _release_seller_rights(*, vehicle: Vehicle, seller_id: int, at: datetime) ->
             period_start=subscription.current_period_start,
             period_end=subscription.current_period_end,
             at=at,
+            step=chargeable_step(subscription.price.currency),
         )
         for payment in payments:
             credit = min(unused, refundable_minor(payment_attempt=payment))

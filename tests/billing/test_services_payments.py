@@ -114,7 +114,8 @@ def test_result_for_another_amount_is_not_fulfilled(stripe_proxy):
     attempt = payments.payment_attempt_create(invoice=invoice, payment_method=method)
     forged = gateway.ChargeResult(status="succeeded", payment_intent_id="pi_x", amount=Money(1, "EUR"))
 
-    payments.payment_attempt_record(attempt_id=attempt.pk, result=forged)
+    with pytest.raises(payments.PaymentResultMismatch):
+        payments.payment_attempt_record(attempt_id=attempt.pk, result=forged)
 
     attempt.refresh_from_db()
     assert attempt.status == AttemptStatus.PENDING

@@ -1,0 +1,55 @@
+"""What a reconciler does with a row it could not settle: record, back off, dead-letter.
+
+Rows are isolated: one that raises never stops the others. A payment provider that is down is
+nobody's fault: the row is retried a minute later without counting towards the dead letter.
+Any other error counts; the wait doubles (1, 2, 4... minutes, capped at a day) and after
+`settings.RECONCILE_MAX_FAILURES` (default 5) the row is dead-lettered: admin lists it with the
+reason and a "retry now" action, and the reconciler leaves it alone until then.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import structlog
+from django.conf import settings
+from django.db import models, transaction
+
+from billing.gateways import stripe as gateway
+
+log = structlog.get_logger(__name__)
+MAX_BACKOFF = timedelta(days=1)
+
+
+def reconcile_max_failures() -> int:
+    return getattr(settings, "RECONCILE_MAX_FAILURES", 5)
+
+
+def reconcile_failure_record(*, model: type[models.Model], pk, error: BaseException, at: datetime) -> None:
+    message = f"{type(error).__name__}: {error}"[:500]
+    with transaction.atomic():
+        row = model.objects.select_for_update().filter(pk=pk).first()
+        if row is None:
+            return
+        if isinstance(error, gateway.PaymentGatewayError) and not isinstance(error, gateway.InvalidRequest):
+            row.next_reconcile_at = at + timedelta(minutes=1)
+            row.reconcile_error = message
+            row.save(update_fields=["next_reconcile_at", "reconcile_error"])
+            log.warning("reconcile_provider_unavailable", model=model.__name__, row=str(pk), error=message)
+            return
+        row.reconcile_failures += 1
+        row.reconcile_error = message
+        row.next_reconcile_at = at + min(MAX_BACKOFF, timedelta(minutes=2 ** (row.reconcile_failures - 1)))
+        fields = ["reconcile_failures", "reconcile_error", "next_reconcile_at"]
+        if row.reconcile_failures >= reconcile_max_failures():
+            row.dead_lettered_at = at
+            fields.append("dead_lettered_at")
+        row.save(update_fields=fields)
+    log.error(
+        "reconcile_row_failed",
+        model=model.__name__,
+        row=str(pk),
+        error=message,
+        failures=row.reconcile_failures,
+        dead_lettered=row.dead_lettered_at is not None,
+    )

@@ -1,0 +1,40 @@
+"""The only functions that change the status of a billing object, each through its model's table.
+
+Callers hold the row locked (`select_for_update`) and pass the other fields that change with the
+status, so the status and its timestamps are saved together.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from billing.models import Invoice, PaymentAttempt, Purchase, Refund, Subscription
+from billing.models.invoices import INVOICE_TRANSITIONS, InvoiceStatus
+from billing.models.payments import ATTEMPT_TRANSITIONS, REFUND_TRANSITIONS
+from billing.models.subscriptions import PURCHASE_TRANSITIONS, SUBSCRIPTION_TRANSITIONS
+from core.states import transition_apply
+
+
+def subscription_transition(
+    *, subscription: Subscription, to: str, save: bool = True, **changes: Any
+) -> bool:
+    return transition_apply(subscription, table=SUBSCRIPTION_TRANSITIONS, to=to, changes=changes, save=save)
+
+
+def invoice_transition(*, invoice: Invoice, to: str, at: datetime, **changes: Any) -> bool:
+    if to == InvoiceStatus.PAID:
+        changes["paid_at"] = at
+    return transition_apply(invoice, table=INVOICE_TRANSITIONS, to=to, changes=changes)
+
+
+def payment_attempt_transition(*, attempt: PaymentAttempt, to: str, **changes: Any) -> bool:
+    return transition_apply(attempt, table=ATTEMPT_TRANSITIONS, to=to, changes=changes)
+
+
+def refund_transition(*, refund: Refund, to: str, **changes: Any) -> bool:
+    return transition_apply(refund, table=REFUND_TRANSITIONS, to=to, changes=changes)
+
+
+def purchase_transition(*, purchase: Purchase, to: str, **changes: Any) -> bool:
+    return transition_apply(purchase, table=PURCHASE_TRANSITIONS, to=to, changes=changes)

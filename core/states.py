@@ -1,0 +1,53 @@
+"""Status changes through a transition table: the one mechanism behind every `*_transition`.
+
+Each stateful model keeps its table (`{status: frozenset of allowed next statuses}`) beside it
+and one `<model>_transition` function in its app's services that calls `transition_apply`.
+Nothing else writes a `status` (a static test, tests/test_static_transitions.py, keeps it so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import models
+
+from core.errors import BusinessRuleViolation, ErrorCode
+
+
+def transition_allowed(table: Mapping[str, frozenset[str]], current: str, to: str) -> bool:
+    return to in table[current]
+
+
+def transition_apply(
+    obj: models.Model,
+    *,
+    table: Mapping[str, frozenset[str]],
+    to: str,
+    changes: Mapping[str, Any] | None = None,
+    save: bool = True,
+) -> bool:
+    """Move `obj` (a row the caller holds locked) to `to` and save it with `changes`.
+
+    Staying in the same status is a no-op that returns False (so a retried step is harmless);
+    a move the table does not allow raises `invalid_state` and changes nothing.
+    """
+    current = obj.status  # type: ignore[attr-defined]
+    if to == current:
+        return False
+    if not transition_allowed(table, current, to):
+        raise BusinessRuleViolation(
+            f"A {obj._meta.verbose_name} cannot go from {current} to {to}.",
+            code=ErrorCode.INVALID_STATE,
+            details={"from": current, "to": to},
+        )
+    fields = ["status"]
+    for name, value in (changes or {}).items():
+        setattr(obj, name, value)
+        fields.append(name)
+    obj.status = to  # type: ignore[attr-defined]
+    if save:
+        if any(f.name == "updated_at" for f in obj._meta.concrete_fields):
+            fields.append("updated_at")
+        obj.save(update_fields=fields)
+    return True
