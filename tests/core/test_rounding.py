@@ -16,6 +16,7 @@ from core.money import CURRENCY_CODES, CURRENCY_EXPONENTS, Money, allocate
 from core.periods import Interval, period_at
 from core.rounding import (
     ROUNDING_MODE,
+    chargeable_step,
     from_stripe_amount,
     prorate,
     prorate_between,
@@ -295,3 +296,44 @@ def test_to_stripe_amount_never_rounds_three_decimal_amounts(amount):
     assume(amount % 10)
     with pytest.raises(ValidationError):
         to_stripe_amount(Money(amount, "BHD"))
+
+
+# -- prorations Stripe can move: three-decimal currencies -----------------------------------------
+THREE_DECIMAL = ["BHD", "JOD", "KWD", "OMR", "TND"]
+
+
+@pytest.mark.parametrize(
+    ("currency", "step"), [("EUR", 1), ("JPY", 1), ("USD", 1), *((c, 10) for c in THREE_DECIMAL)]
+)
+def test_chargeable_step_per_currency(currency, step):
+    assert chargeable_step(currency) == step
+
+
+@given(
+    currency=st.sampled_from(THREE_DECIMAL),
+    tens=st.integers(min_value=0, max_value=10**8),
+    pw=part_and_whole(),
+)
+def test_three_decimal_prorations_are_chargeable_and_within_the_amount(currency, tens, pw):
+    """A price Stripe can charge (a multiple of 10 fils) prorates to an amount it can charge too."""
+    part, whole = pw
+    amount, step = tens * 10, chargeable_step(currency)
+    prorated = prorate(amount, part_seconds=part, whole_seconds=whole, step=step)
+    assert 0 <= prorated <= amount
+    assert to_stripe_amount(Money(prorated, currency)) == prorated  # never refused
+    assert abs(Fraction(prorated) - Fraction(amount * part, whole)) <= Fraction(step, 2)
+
+
+@given(
+    currency=st.sampled_from(THREE_DECIMAL),
+    old=st.integers(min_value=0, max_value=10**7),
+    new=st.integers(min_value=0, max_value=10**7),
+    pw=part_and_whole(),
+)
+def test_three_decimal_upgrade_lines_are_chargeable_and_near_the_exact_difference(currency, old, new, pw):
+    part, whole = pw
+    step = chargeable_step(currency)
+    credit, debit = upgrade_proration(old * 10, new * 10, part_seconds=part, whole_seconds=whole, step=step)
+    assert credit % step == 0 and debit % step == 0
+    exact = Fraction((new - old) * 10 * part, whole)
+    assert abs(Fraction(credit + debit) - exact) <= step  # half a step per line
