@@ -215,9 +215,11 @@ RATE_LIMITS = {
 }
 
 # --- Stripe ----------------------------------------------------------------------------
-# With no STRIPE_SECRET_KEY the gateway talks to localstripe on loopback (STRIPE_API_BASE).
+# With no STRIPE_SECRET_KEY the gateway talks to localstripe on loopback (STRIPE_API_BASE): by default
+# through the proxy `make run` puts in front of it (port 8421), which honours idempotency keys as
+# Stripe does (localstripe itself, on 8420, ignores them).
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
-STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "http://127.0.0.1:8420")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "http://127.0.0.1:8421")
 STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", 10))
 STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", 2))
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")

@@ -1,4 +1,8 @@
-"""A fault-injecting reverse proxy in front of localstripe, for tests (the network edge, not a mock).
+"""A reverse proxy in front of localstripe that honours idempotency keys as Stripe does, and injects
+faults on command (the network edge, not a mock). The tests and the demo (`make run`) both use it.
+
+Demo: `python -m devtools.stripe_proxy --upstream http://127.0.0.1:8420 --port 8421` (loopback only;
+stored keys expire after 24 hours, and only the latest calls are kept in the record).
 
 localstripe ignores idempotency keys and never fails on its own. This proxy, run on loopback in a
 background thread with its own event loop, adds what real Stripe does and what networks do:
@@ -17,16 +21,18 @@ background thread with its own event loop, adds what real Stripe does and what n
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -77,6 +83,7 @@ class _Stored:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    stored_at: float = 0.0  # time.monotonic() when stored
 
 
 def _error_body(error_type: str, message: str, code: str | None = None) -> bytes:
@@ -87,11 +94,17 @@ def _error_body(error_type: str, message: str, code: str | None = None) -> bytes
 
 
 class StripeProxy:
-    def __init__(self, upstream: str) -> None:
+    """`key_ttl_seconds`: forget a stored key after that long (Stripe: 24 h; None: never, for tests
+    that replay much later). `max_recorded_calls`: keep only the latest calls (None: all)."""
+
+    def __init__(
+        self, upstream: str, *, key_ttl_seconds: float | None = None, max_recorded_calls: int | None = None
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.url = ""
+        self.key_ttl_seconds = key_ttl_seconds
         self._lock = threading.Lock()
-        self._calls: list[RecordedCall] = []
+        self._calls: collections.deque[RecordedCall] = collections.deque(maxlen=max_recorded_calls)
         self._faults: list[_Fault] = []
         self._stored: dict[str, _Stored] = {}
         self._in_flight: set[str] = set()
@@ -104,9 +117,10 @@ class StripeProxy:
         self._release: asyncio.Event | None = None
 
     # -- lifecycle (called from the test thread) --------------------------------------------------
-    def start(self) -> str:
+    def start(self, *, port: int = 0) -> str:
+        """Listen on 127.0.0.1:`port` (0: a free port); returns the proxy's URL."""
         self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        port = asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(timeout=10)
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 
@@ -165,7 +179,7 @@ class StripeProxy:
             ]
 
     # -- inside the proxy's loop ------------------------------------------------------------------
-    async def _start(self) -> int:
+    async def _start(self, port: int) -> int:
         self._release = asyncio.Event()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), auto_decompress=False)
         app = web.Application(client_max_size=10 * 1024 * 1024)
@@ -173,7 +187,8 @@ class StripeProxy:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
         await web.SockSite(self._runner, sock).start()
         return sock.getsockname()[1]
 
@@ -188,6 +203,16 @@ class StripeProxy:
         assert self._release is not None
         self._release.set()
         self._release = asyncio.Event()
+
+    def _expired(self, stored: _Stored) -> bool:
+        return self.key_ttl_seconds is not None and time.monotonic() - stored.stored_at > self.key_ttl_seconds
+
+    def _forget_expired(self) -> None:
+        """Drop stored keys past their TTL (called with the lock held; dicts keep insertion order)."""
+        if self.key_ttl_seconds is None:
+            return
+        for key in [key for key, stored in self._stored.items() if self._expired(stored)]:
+            del self._stored[key]
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._lock:
@@ -296,6 +321,9 @@ class StripeProxy:
         if key is not None:
             with self._lock:
                 stored = self._stored.get(key)
+                if stored is not None and self._expired(stored):
+                    del self._stored[key]
+                    stored = None
                 in_flight = stored is None and key in self._in_flight
                 if stored is None and not in_flight:
                     self._in_flight.add(key)
@@ -319,7 +347,10 @@ class StripeProxy:
             result = await self._forward(request, body)
             if key is not None and (result.status < 400 or result.status == 402):
                 with self._lock:
-                    self._stored[key] = _Stored(fingerprint, result.status, result.headers, result.body)
+                    self._forget_expired()
+                    self._stored[key] = _Stored(
+                        fingerprint, result.status, result.headers, result.body, time.monotonic()
+                    )
         finally:
             if key is not None:
                 with self._lock:
@@ -332,3 +363,32 @@ class StripeProxy:
             return self._drop(request)
         self._record(request, key, form, "forwarded", result.status, reached_upstream=True)
         return self._respond(result)
+
+
+# -- the demo's launcher ---------------------------------------------------------------------------
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+KEY_TTL_SECONDS = 24 * 3600
+MAX_RECORDED_CALLS = 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Serve localstripe behind an idempotency-honouring proxy, on loopback only."
+    )
+    parser.add_argument("--upstream", required=True, help="localstripe's URL, e.g. http://127.0.0.1:8420")
+    parser.add_argument("--port", type=int, default=8421)
+    args = parser.parse_args(argv)
+    if urlsplit(args.upstream).hostname not in _LOOPBACK:
+        parser.error("the upstream must be a localstripe on loopback")
+    proxy = StripeProxy(args.upstream, key_ttl_seconds=KEY_TTL_SECONDS, max_recorded_calls=MAX_RECORDED_CALLS)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    url = proxy.start(port=args.port)
+    print(f"stripe proxy listening on {url} -> {proxy.upstream}", flush=True)
+    stop.wait()
+    proxy.stop()
+
+
+if __name__ == "__main__":
+    main()

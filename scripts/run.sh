@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# `make run`: migrate, load demo data, start localstripe (loopback), a Celery worker, Celery beat
-# and the API + admin on http://127.0.0.1:8000. Ctrl-C stops everything this script started.
+# `make run`: migrate, load demo data, start localstripe behind the idempotency proxy (loopback), a
+# Celery worker, Celery beat and the API + admin on http://127.0.0.1:8000. Ctrl-C stops everything
+# this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 mkdir -p var/celery/out var/celery/processed var/log
 export LOG_JSON="${LOG_JSON:-false}"
 STRIPE_PORT="${LOCALSTRIPE_PORT:-8420}"
+PROXY_PORT="${STRIPE_PROXY_PORT:-8421}"
 PORT="${PORT:-8000}"
 
 pids=()
@@ -28,14 +30,25 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+wait_for_stripe() {
+  for _ in $(seq 1 50); do
+    curl -sf -o /dev/null -u sk_test_demo: "$1/v1/customers" && return 0; sleep 0.2
+  done
+  echo "No answer from $1 (see var/log/)" >&2; return 1
+}
+
 if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
-  export STRIPE_API_BASE="http://127.0.0.1:${STRIPE_PORT}"
-  echo "[1/5] No STRIPE_SECRET_KEY: starting localstripe on ${STRIPE_API_BASE} (log: var/log/localstripe.log)"
+  # localstripe ignores Idempotency-Key: the proxy in front of it replays a repeated key as Stripe
+  # does (the same one the tests use), so a retried charge or refund is never executed twice.
+  LOCALSTRIPE_URL="http://127.0.0.1:${STRIPE_PORT}"
+  export STRIPE_API_BASE="http://127.0.0.1:${PROXY_PORT}"
+  echo "[1/5] No STRIPE_SECRET_KEY: localstripe on ${LOCALSTRIPE_URL} behind the idempotency proxy on ${STRIPE_API_BASE} (logs: var/log/localstripe.log, var/log/stripe-proxy.log)"
   setsid $PY -m devtools.localstripe_server --port "$STRIPE_PORT" >var/log/localstripe.log 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 50); do
-    curl -sf -o /dev/null -u sk_test_demo: "$STRIPE_API_BASE/v1/customers" && break; sleep 0.2
-  done
+  wait_for_stripe "$LOCALSTRIPE_URL"
+  setsid $PY -m devtools.stripe_proxy --upstream "$LOCALSTRIPE_URL" --port "$PROXY_PORT" >var/log/stripe-proxy.log 2>&1 &
+  pids+=($!)
+  wait_for_stripe "$STRIPE_API_BASE"
 else
   echo "[1/5] Using real Stripe (STRIPE_SECRET_KEY is set)"
 fi
