@@ -93,7 +93,16 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # The demo's web threads and Celery worker write at once: writers must wait, not fail with
+    # "database is locked" (after Stripe charged). WAL lets readers run beside the one writer;
+    # BEGIN IMMEDIATE takes the write lock when a transaction starts, so a transaction that read
+    # first never fails to upgrade to a writer (a busy timeout cannot help there); writers queue
+    # for up to 20 s (`timeout`, SQLite's busy timeout).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
 # Several test sessions (helpers, CI) may share one PostgreSQL server: a suffix keeps them apart.
 DATABASES["default"]["TEST"] = {
     "NAME": f"test_billing{os.environ.get('TEST_DB_SUFFIX', '')}",
