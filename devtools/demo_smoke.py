@@ -43,7 +43,7 @@ def main() -> int:
     vehicle = check(owner.get(f"{api}/me/vehicles/", **auth), 200, "vehicles")["results"][0]
     offers = check(owner.get(f"{api}/me/vehicles/{vehicle['id']}/offers/", **auth), 200, "offers")
     unlock = next(o["code"] for o in offers if o["kind"] == "one_time" and not o["owned"])
-    plan = next(o["code"] for o in offers if o["kind"] == "subscription" and o["trial_available"])
+    plan, plan_status = _plan_to_start(owner, api, vehicle["id"], offers, unlock, auth)
     card = {"payment_method": "pm_card_visa", "make_default": True}
     check(
         owner.post(f"{api}/me/payment-methods/", card, content_type="application/json", **auth), 201, "card"
@@ -57,7 +57,7 @@ def main() -> int:
         )
 
     assert checkout("purchases", unlock, "buy")["status"] == "succeeded"
-    assert checkout("subscriptions", plan, "subscribe")["status"] == "trialing"
+    assert checkout("subscriptions", plan, "subscribe")["status"] == plan_status
     issued = vehicle_credential_issue(vehicle=Vehicle.objects.get(pk=vehicle["id"]))
     car = {"HTTP_AUTHORIZATION": issued.authorization}
     response = owner.get(f"{api}/vehicle/entitlements/", **car)
@@ -66,8 +66,29 @@ def main() -> int:
     check(repeat, 304, "etag")
     check(owner.get(f"{api}/vehicle/entitlements/token/", **car), 200, "token")
     check(owner.get(f"{api}/.well-known/jwks.json"), 200, "jwks")
-    print(f"demo flow ok: bought {unlock}, trial of {plan}, car sees {sorted(features)}")
+    print(f"demo flow ok: bought {unlock}, {plan_status} {plan}, car sees {sorted(features)}")
     return 0
+
+
+def _plan_to_start(
+    owner, api: str, vehicle_id: str, offers: list, unlock: str, auth: dict
+) -> tuple[str, str]:
+    """A plan whose features the car does not have yet (a live plan or bundle, or the unlock about
+    to be bought, would refuse it as already_entitled): one with a trial when there is one."""
+    by_code = {o["code"]: o for o in offers}
+    query = {"vehicle": vehicle_id, "limit": 200}
+    live = owner.get(f"{api}/me/subscriptions/", query, **auth).json()["results"]
+    covered = set(by_code[unlock]["features"])
+    for subscription in live:
+        if subscription["status"] in ("trialing", "active", "past_due") and subscription["offer"] in by_code:
+            covered |= set(by_code[subscription["offer"]]["features"])
+    plans = [
+        o
+        for o in offers
+        if o["kind"] == "subscription" and not o["subscribed"] and not covered & set(o["features"])
+    ]
+    plans.sort(key=lambda o: not o["trial_available"])
+    return plans[0]["code"], "trialing" if plans[0]["trial_available"] else "succeeded"
 
 
 if __name__ == "__main__":
