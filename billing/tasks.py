@@ -11,6 +11,7 @@ from dataclasses import asdict
 from celery import shared_task
 from django.utils import timezone
 
+from billing.services.dunning import dunning_sweep
 from billing.services.payments import payment_attempts_reconcile
 from billing.services.refunds import refunds_reconcile
 from billing.services.renewals import subscriptions_renew_due
@@ -45,3 +46,9 @@ def flush_expired_tokens() -> None:
 def renew_due_subscriptions() -> dict:
     """Start the next period of every subscription due now (charge, or end if canceled)."""
     return asdict(subscriptions_renew_due(at=timezone.now()))
+
+
+@shared_task(acks_late=True, time_limit=280, soft_time_limit=240)
+def run_dunning() -> dict:
+    """Retry declined renewals that are due, cancel unpaid subscriptions, remind ending trials."""
+    return asdict(dunning_sweep(at=timezone.now()))

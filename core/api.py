@@ -17,7 +17,6 @@ from django.http import Http404
 from rest_framework import exceptions, pagination, parsers, status
 from rest_framework.response import Response
 from rest_framework.utils import json as drf_json
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import BillingError, ErrorCode
 
@@ -144,6 +143,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):  # Django read the body first (e.g. a form)
         exc = _request_too_large()
+    # Imported here: DRF's views module reads DEFAULT_PARSER_CLASSES (our parser, in this module)
+    # when it is first imported, so a module-level import is circular.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

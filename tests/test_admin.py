@@ -250,6 +250,8 @@ def test_new_price_version_is_added_on_the_offer_page(admin_client, admin_data):
         "interval": offer.interval,
         "trial_days": offer.trial_days,
         "tier": offer.tier,
+        "dunning_retry_days": offer.dunning_retry_days,
+        "unpaid_cancel_days": offer.unpaid_cancel_days,
         "transfer_policy": offer.transfer_policy,
         "included_months_with_new_car": 0,
         "is_active": "on",

@@ -26,6 +26,11 @@ class Market(models.Model):
     withdrawal_period_days = models.PositiveSmallIntegerField(
         default=0, help_text="Days in which a consumer may withdraw with a full refund (EU: 14)."
     )
+    dunning_grace_days = models.PositiveSmallIntegerField(
+        default=7,
+        help_text="Days a car keeps a plan's features after a declined renewal, while payment is retried "
+        "(a plan may set its own).",
+    )
 
     class Meta:
         ordering = ["code"]

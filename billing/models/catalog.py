@@ -66,6 +66,21 @@ class Offer(models.Model):
         default=0, help_text="Rank among plans of the same features: a higher tier is an upgrade."
     )
     is_active = models.BooleanField(default=True)
+    dunning_retry_days = models.CharField(
+        max_length=64,
+        default="1,3,5,7",
+        help_text="After a declined renewal, retry the payment this many days after the decline "
+        "(comma-separated, increasing). After the last retry fails the subscription becomes unpaid.",
+    )
+    dunning_grace_days = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days the car keeps the features while retrying (empty: the market's).",
+    )
+    unpaid_cancel_days = models.PositiveSmallIntegerField(
+        default=14,
+        help_text="Days an unpaid subscription waits for its invoice to be paid before it is canceled.",
+    )
 
     class Meta:
         ordering = ["code"]
@@ -85,6 +100,12 @@ class Offer(models.Model):
     @property
     def is_subscription(self) -> bool:
         return self.kind == self.Kind.SUBSCRIPTION
+
+    @property
+    def retry_schedule_days(self) -> list[int]:
+        """The dunning retry offsets in days, parsed and sorted (bad entries ignored)."""
+        days = sorted({int(part) for part in self.dunning_retry_days.split(",") if part.strip().isdigit()})
+        return [d for d in days if d > 0]
 
 
 class Price(models.Model):

@@ -18,6 +18,7 @@ class EntitlementSource(models.TextChoices):
     SUBSCRIPTION = "subscription", "Subscription period"
     INCLUDED = "included", "Included with the car"
     GRANT = "grant", "Admin grant"
+    GRACE = "grace", "Grace period (payment being retried)"
 
 
 class Entitlement(models.Model):
@@ -54,7 +55,11 @@ class Entitlement(models.Model):
             models.CheckConstraint(
                 condition=(
                     models.Q(source="purchase", purchase__isnull=False, subscription__isnull=True)
-                    | models.Q(source="subscription", subscription__isnull=False, purchase__isnull=True)
+                    | models.Q(
+                        source__in=["subscription", "grace"],
+                        subscription__isnull=False,
+                        purchase__isnull=True,
+                    )
                     | models.Q(
                         source="included",
                         offer__isnull=False,

@@ -63,6 +63,16 @@ class Subscription(models.Model):
     )
     canceled_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Dunning: set when a renewal is declined, cleared when the invoice is paid.
+    dunning_invoice = models.ForeignKey(
+        "billing.Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    dunning_started_at = models.DateTimeField(null=True, blank=True)
+    dunning_retries = models.PositiveSmallIntegerField(default=0, help_text="Retries made so far.")
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    grace_until = models.DateTimeField(null=True, blank=True)
+    unpaid_since = models.DateTimeField(null=True, blank=True)
+    trial_reminder_sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -79,6 +89,7 @@ class Subscription(models.Model):
             ),
         ]
         indexes = [
+            models.Index(fields=["status", "next_retry_at"]),
             models.Index(fields=["status", "current_period_end"]),
             models.Index(fields=["owner", "status"]),
         ]

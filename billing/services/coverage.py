@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from billing.models import Entitlement, Offer, Subscription
+from billing.models import Entitlement, Offer, Subscription, SubscriptionStatus
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from core.errors import BusinessRuleViolation, ErrorCode, NotFound
 from vehicles.models import Owner, Ownership, Vehicle
@@ -38,11 +38,12 @@ def plan_clash_check(*, vehicle: Vehicle, offer: Offer, excluding: Subscription 
 
 def features_covered(*, vehicle: Vehicle, at: datetime, excluding: Subscription | None = None) -> set[str]:
     """Feature codes the car keeps without buying anything: perpetual rights (unlocks) and the
-    features of its live subscriptions that are not set to end (a trial included)."""
+    features of its live subscriptions that are not set to end (a trial included, a past-due
+    plan not)."""
     perpetual = Entitlement.objects.filter(vehicle=vehicle, starts_at__lte=at, ends_at__isnull=True)
-    live = Subscription.objects.filter(
+    live = Subscription.objects.filter(  # a past-due plan may end: it does not cover anything
         vehicle=vehicle, status__in=LIVE_SUBSCRIPTION_STATUSES, cancel_at_period_end=False
-    )
+    ).exclude(status=SubscriptionStatus.PAST_DUE)
     if excluding is not None:
         live = live.exclude(pk=excluding.pk)
     covered = set(perpetual.values_list("feature__code", flat=True))

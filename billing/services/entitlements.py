@@ -33,8 +33,35 @@ def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
 def entitlements_grant_for_subscription_period(
     *, subscription: Subscription, period_start: datetime, period_end: datetime
 ) -> list[Entitlement]:
-    """One row per feature of the subscribed offer for `[period_start, period_end)`."""
+    """One row per feature of the subscribed offer for `[period_start, period_end)`. A grace row
+    of the same period (the renewal was declined, then paid) becomes the paid period."""
     _check_period(period_start, period_end)
+    granted = []
+    for feature in subscription.offer.features.all():
+        entitlement, created = Entitlement.objects.get_or_create(
+            subscription=subscription,
+            feature=feature,
+            starts_at=period_start,
+            defaults={
+                "vehicle_id": subscription.vehicle_id,
+                "source": EntitlementSource.SUBSCRIPTION,
+                "ends_at": period_end,
+            },
+        )
+        if not created and entitlement.source == EntitlementSource.GRACE:
+            entitlement.source, entitlement.ends_at = EntitlementSource.SUBSCRIPTION, period_end
+            entitlement.save(update_fields=["source", "ends_at"])
+        granted.append(entitlement)
+    vehicle_state_changed(subscription.vehicle_id)
+    return granted
+
+
+@transaction.atomic
+def entitlements_grant_grace(
+    *, subscription: Subscription, period_start: datetime, until: datetime
+) -> list[Entitlement]:
+    """While a declined renewal is retried, the car keeps the plan's features until `until`."""
+    _check_period(period_start, until)
     granted = []
     for feature in subscription.offer.features.all():
         entitlement, _ = Entitlement.objects.get_or_create(
@@ -43,8 +70,8 @@ def entitlements_grant_for_subscription_period(
             starts_at=period_start,
             defaults={
                 "vehicle_id": subscription.vehicle_id,
-                "source": EntitlementSource.SUBSCRIPTION,
-                "ends_at": period_end,
+                "source": EntitlementSource.GRACE,
+                "ends_at": until,
             },
         )
         granted.append(entitlement)

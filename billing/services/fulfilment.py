@@ -20,6 +20,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from billing.services.dunning import dunning_clear, dunning_retry_failed, dunning_start
 from billing.services.entitlements import (
     entitlements_end,
     entitlements_grant_for_purchase,
@@ -50,7 +51,10 @@ def invoice_undeliverable_reason(*, invoice: Invoice, owner_id: int, at: datetim
             return f"the purchase is {purchase.status}"
         return None
     subscription = Subscription.objects.get(pk=invoice.subscription_id)
-    if subscription.status not in LIVE_SUBSCRIPTION_STATUSES:
+    payable = (*LIVE_SUBSCRIPTION_STATUSES, SubscriptionStatus.UNPAID)  # unpaid: paying restores it
+    if subscription.status not in payable or (
+        subscription.status == SubscriptionStatus.UNPAID and invoice.kind != InvoiceKind.SUBSCRIPTION_PERIOD
+    ):
         return f"the subscription is {subscription.status}"
     if invoice.kind == InvoiceKind.PLAN_CHANGE:
         target = invoice.change_to_price
@@ -79,7 +83,11 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
         return
     subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
     if invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
-        subscription_transition(subscription=subscription, to=SubscriptionStatus.ACTIVE)
+        subscription_transition(
+            subscription=subscription,
+            to=SubscriptionStatus.ACTIVE,
+            **dunning_clear(subscription=subscription),
+        )
         entitlements_grant_for_subscription_period(
             subscription=subscription, period_start=invoice.period_start, period_end=invoice.period_end
         )
@@ -120,7 +128,9 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
             )
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
         elif subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
-            # A renewal was declined: the invoice stays open for dunning, no new period is granted.
-            subscription_transition(subscription=subscription, to=SubscriptionStatus.PAST_DUE)
+            # A renewal was declined: the invoice stays open for dunning, no paid period is granted.
+            dunning_start(subscription=subscription, invoice=invoice, at=at)
+        elif subscription.status == SubscriptionStatus.PAST_DUE:
+            dunning_retry_failed(subscription=subscription, at=at)
         elif subscription.status == SubscriptionStatus.CANCELED and invoice.status == InvoiceStatus.OPEN:
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)

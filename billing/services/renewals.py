@@ -25,6 +25,7 @@ from billing.models import (
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.checkout import invoice_charge
+from billing.services.dunning import dunning_decline_without_card
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import subscription_period_invoice_create
 from billing.services.transitions import subscription_transition
@@ -105,8 +106,10 @@ def _charge(*, invoice: Invoice, report: SweepReport, at: datetime) -> None:
     subscription_id = invoice.subscription_id
     try:
         method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
-        if method is None:
-            raise BillingError("The owner has no default payment method.", code=ErrorCode.NO_PAYMENT_METHOD)
+        if method is None:  # counts as declined: dunning starts, the owner can add a card and pay
+            dunning_decline_without_card(invoice=invoice, at=at)
+            report.declined += 1
+            return
         status, _ = invoice_charge(invoice=invoice, payment_method=method, at=at)
     except BillingError as exc:
         if exc.code == ErrorCode.PAYMENT_DECLINED:
@@ -146,7 +149,11 @@ def subscription_renew(*, subscription_id, at: datetime) -> Invoice | RenewalSki
         if subscription is None:
             return RenewalSkipped.NOT_DUE
         period_start = subscription.current_period_end
-        if subscription.cancel_at_period_end:
+        no_card = not PaymentMethod.objects.filter(owner_id=subscription.owner_id, is_default=True).exists()
+        if subscription.cancel_at_period_end or (
+            subscription.status == SubscriptionStatus.TRIALING and no_card
+        ):
+            # Set to cancel, or a trial ending with no card on file: the subscription ends here.
             subscription_transition(
                 subscription=subscription, to=SubscriptionStatus.CANCELED, ended_at=period_start
             )

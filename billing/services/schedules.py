@@ -6,6 +6,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 SCHEDULES = {
     "renew due subscriptions": ("billing.tasks.renew_due_subscriptions", 1, IntervalSchedule.MINUTES),
+    "dunning: retries, unpaid cancellations, trial reminders": (
+        "billing.tasks.run_dunning",
+        15,
+        IntervalSchedule.MINUTES,
+    ),
     "reconcile payments": ("billing.tasks.reconcile_payments", 5, IntervalSchedule.MINUTES),
     "reconcile refunds": ("billing.tasks.reconcile_refunds", 5, IntervalSchedule.MINUTES),
     "purge idempotency records": ("billing.tasks.purge_idempotency_records", 1, IntervalSchedule.HOURS),

@@ -125,7 +125,7 @@ def test_trial_converts_to_paid_at_trial_end(stripe_proxy):
 
 
 @pytest.mark.django_db
-def test_declined_renewal_is_past_due_and_grants_nothing_new(stripe_proxy, localstripe_url):
+def test_declined_renewal_is_past_due_and_grants_only_the_grace_period(stripe_proxy, localstripe_url):
     subscription = paid_monthly()
     declining = localstripe_card(localstripe_url, CARD_DECLINED_AT_CHARGE)
     payment_method_add(owner=subscription.owner, stripe_payment_method_id=declining, make_default=True)
@@ -136,8 +136,13 @@ def test_declined_renewal_is_past_due_and_grants_nothing_new(stripe_proxy, local
     subscription.refresh_from_db()
     assert (report.declined, subscription.status) == (1, "past_due")
     assert periods(subscription)[-1] == (feb_28, dt.datetime(2027, 3, 31, 9, 30, tzinfo=UTC), "open")
-    assert features_active_at(vehicle_id=subscription.vehicle_id, at=feb_28) == []
-    assert not Entitlement.objects.filter(subscription=subscription, starts_at=feb_28).exists()
+    grace = features_active_at(vehicle_id=subscription.vehicle_id, at=feb_28)
+    assert [(f.code, f.valid_until, f.sources) for f in grace] == [
+        ("heated_seats", feb_28 + dt.timedelta(days=7), ("grace",))
+    ]
+    assert not Entitlement.objects.filter(
+        subscription=subscription, starts_at=feb_28, source="subscription"
+    ).exists()
 
 
 @pytest.mark.django_db(transaction=True)
