@@ -1,4 +1,5 @@
 from billing.models.catalog import Feature, Offer, Price
+from billing.models.clocks import TestClock, TestClockOwner
 from billing.models.entitlements import Entitlement, EntitlementSource
 from billing.models.invoices import (
     Invoice,
@@ -42,5 +43,7 @@ __all__ = [
     "RefundStatus",
     "Subscription",
     "SubscriptionStatus",
+    "TestClock",
+    "TestClockOwner",
     "TrialUsage",
 ]

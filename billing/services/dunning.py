@@ -42,6 +42,12 @@ def _grace_days(subscription: Subscription) -> int:
     return offer_days if offer_days is not None else subscription.vehicle.market.dunning_grace_days
 
 
+def _on_clocks():
+    from billing.services.clocks import owners_on_test_clocks  # clocks imports this module's callers
+
+    return owners_on_test_clocks()
+
+
 def dunning_start(*, subscription: Subscription, invoice: Invoice, at: datetime) -> None:
     """A renewal (or trial conversion) was declined: past due, retries scheduled, grace granted."""
     schedule = subscription.offer.retry_schedule_days
@@ -126,8 +132,11 @@ def _claim_due_retries(*, at: datetime, limit: int, owner_ids=None) -> list[tupl
         due = Subscription.objects.select_for_update(skip_locked=True).filter(
             status=SubscriptionStatus.PAST_DUE, next_retry_at__lte=at, dunning_invoice__isnull=False
         )
-        if owner_ids is not None:
-            due = due.filter(owner_id__in=owner_ids)
+        due = (
+            due.filter(owner_id__in=owner_ids)
+            if owner_ids is not None
+            else due.exclude(owner_id__in=_on_clocks())
+        )
         rows = list(
             due.order_by("next_retry_at").values_list("pk", "dunning_invoice_id", "next_retry_at")[:limit]
         )
@@ -191,8 +200,11 @@ def unpaid_subscriptions_cancel_due(*, at: datetime, limit: int = 200, owner_ids
             .select_related("offer")
             .filter(status=SubscriptionStatus.UNPAID, unpaid_since__isnull=False)
         )
-        if owner_ids is not None:
-            rows = rows.filter(owner_id__in=owner_ids)
+        rows = (
+            rows.filter(owner_id__in=owner_ids)
+            if owner_ids is not None
+            else rows.exclude(owner_id__in=_on_clocks())
+        )
         for subscription in rows.order_by("unpaid_since")[:limit]:
             if subscription.unpaid_since + timedelta(days=subscription.offer.unpaid_cancel_days) > at:
                 continue
@@ -221,8 +233,11 @@ def trial_reminders_due(*, at: datetime, limit: int = 500, owner_ids=None) -> in
             trial_end__gt=at,
             trial_reminder_sent_at__isnull=True,
         )
-        if owner_ids is not None:
-            rows = rows.filter(owner_id__in=owner_ids)
+        rows = (
+            rows.filter(owner_id__in=owner_ids)
+            if owner_ids is not None
+            else rows.exclude(owner_id__in=_on_clocks())
+        )
         ids = list(rows.values_list("pk", flat=True)[:limit])
         Subscription.objects.filter(pk__in=ids).update(trial_reminder_sent_at=at)
     for subscription_id in ids:

@@ -16,6 +16,7 @@ from enum import Enum
 
 import structlog
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from billing.models import (
     Invoice,
@@ -25,6 +26,7 @@ from billing.models import (
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.checkout import invoice_charge
+from billing.services.clocks import owners_on_test_clocks
 from billing.services.dunning import dunning_decline_without_card
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import subscription_period_invoice_create
@@ -47,40 +49,52 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
 
 
-def subscriptions_renew_due(*, at: datetime, limit: int = 500) -> SweepReport:
-    """Renew every subscription due at `at`. Safe to run on several workers at once."""
+def subscriptions_renew_due(*, at: datetime, limit: int = 500, owner_ids=None) -> SweepReport:
+    """Renew every subscription due at `at`. Safe to run on several workers at once.
+
+    `owner_ids`: only these owners (a test clock advancing); by default everyone but the owners
+    on test clocks. A subscription that fails is reported and not taken again in this run.
+    """
     report = SweepReport()
-    while True:
+    seen: set = set()
+    due = Subscription.objects.filter(status__in=RENEWABLE, current_period_end__lte=at)
+    due = (
+        due.filter(owner_id__in=owner_ids)
+        if owner_ids is not None
+        else due.exclude(owner_id__in=owners_on_test_clocks())
+    )
+    while len(seen) < limit:
         with transaction.atomic():
             batch = list(
-                Subscription.objects.select_for_update(skip_locked=True)
-                .filter(status__in=RENEWABLE, current_period_end__lte=at)
+                due.select_for_update(skip_locked=True)
+                .exclude(pk__in=seen)
                 .order_by("current_period_end")
                 .values_list("pk", flat=True)[:50]
             )
         if not batch:
             break
         for subscription_id in batch:
+            seen.add(subscription_id)
             _renew_one(subscription_id=subscription_id, at=at, report=report)
-            limit -= 1
-        if limit <= 0:
-            break
-    for invoice in _stranded_renewal_invoices(at=at):
+    for invoice in _stranded_renewal_invoices(at=at, owner_ids=owner_ids):
         _charge(invoice=invoice, report=report, at=at)
     return report
 
 
-def _stranded_renewal_invoices(*, at: datetime) -> list[Invoice]:
+def _stranded_renewal_invoices(*, at: datetime, owner_ids=None) -> list[Invoice]:
     """Renewal invoices opened by a sweep that died before charging them (no attempt at all)."""
-    return list(
-        Invoice.objects.filter(
-            kind="subscription_period",
-            status="open",
-            subscription__status__in=RENEWABLE,
-            created_at__lt=at - STRANDED_AFTER,
-            attempts__isnull=True,
-        )[:100]
+    stranded = Invoice.objects.filter(
+        kind="subscription_period",
+        status="open",
+        subscription__status__in=RENEWABLE,
+        created_at__lt=timezone.now() - STRANDED_AFTER,
+        attempts__isnull=True,
     )
+    if owner_ids is not None:
+        stranded = stranded.filter(owner_id__in=owner_ids)
+    else:
+        stranded = stranded.exclude(owner_id__in=owners_on_test_clocks())
+    return list(stranded[:100])
 
 
 def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> None:
