@@ -170,6 +170,7 @@ ID_PROVIDERS: dict[str, tuple[str, dict]] = {
     "my-purchase-detail": ("purchase", {}),
     "my-purchase-withdraw": ("purchase", {}),
     "my-invoice-detail": ("invoice", {}),
+    "my-invoice-pay": ("invoice", {}),
     "my-payment-detail": ("payment", {}),
     "my-payment-confirm": ("payment", {}),
     "my-payment-method-default": ("payment_method", {}),

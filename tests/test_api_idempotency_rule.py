@@ -34,6 +34,7 @@ def world(stripe_proxy):
         "subscriptions": subscription["id"],
         "purchases": purchase["id"],
         "payments": payment.pk,
+        "invoices": payment.invoice_id,
     }
     return client, ids
 

@@ -24,6 +24,7 @@ MONEY_POSTS = {
     "/api/v1/me/purchases/{id}/withdraw/",
     "/api/v1/me/payment-methods/setup-intent/",
     "/api/v1/me/payments/{id}/confirm/",
+    "/api/v1/me/invoices/{id}/pay/",
     "/api/v1/me/vehicles/{id}/transfer/",
 }
 # ... and reads and pure state toggles take none
@@ -138,6 +139,7 @@ def test_documented_idempotency_matches_the_code(schema):
         owner_views.MyPurchaseViewSet,
         owner_views.MyPaymentViewSet,
         owner_views.MyPaymentMethodViewSet,
+        owner_views.MyInvoiceViewSet,
         owner_views.TransferClaimViewSet,
     ):
         for action in viewset.get_extra_actions():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -22,8 +21,9 @@ from rest_framework.response import Response
 from billing.api import serializers as s
 from billing.models import Invoice, PaymentAttempt, PaymentMethod, Purchase, RefundStatus, Subscription
 from billing.selectors import offers_for_vehicle
-from billing.services import customers, purchases, subscriptions, transfers
+from billing.services import customers, invoice_payments, purchases, subscriptions, transfers
 from billing.services.checkout import CheckoutOutcome
+from billing.services.clocks import clock_now
 from billing.services.payments import payment_attempt_refresh
 from core.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent
 from core.ratelimit import CheckoutThrottle
@@ -84,6 +84,11 @@ class OwnerViewSet(viewsets.GenericViewSet):
     def owner(self):
         return current_owner(self.request)
 
+    @property
+    def now(self):
+        """The instant decisions for this owner are taken at: the real time, or their test clock's."""
+        return clock_now(owner_id=self.owner.pk)
+
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request user
             return self.queryset
@@ -115,7 +120,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     )
     @action(detail=True, methods=["get"])
     def offers(self, request, pk=None):
-        items = offers_for_vehicle(vehicle=self._vehicle(), at=timezone.now())
+        items = offers_for_vehicle(vehicle=self._vehicle(), at=self.now)
         return Response(s.OfferSerializer(items, many=True).data)
 
     @extend_schema(
@@ -134,7 +139,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
             vehicle=self._vehicle(),
             offer_code=data["offer"],
             payment_method_id=data.get("payment_method"),
-            at=timezone.now(),
+            at=self.now,
         )
         return checkout_response(outcome)
 
@@ -155,7 +160,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
             offer_code=data["offer"],
             payment_method_id=data.get("payment_method"),
             use_trial=data.get("trial"),
-            at=timezone.now(),
+            at=self.now,
         )
         return checkout_response(outcome)
 
@@ -168,7 +173,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     @action(detail=True, methods=["post"])
     @idempotent
     def transfer(self, request, pk=None):
-        started = transfers.transfer_start(owner=self.owner, vehicle_id=self._vehicle().pk, at=timezone.now())
+        started = transfers.transfer_start(owner=self.owner, vehicle_id=self._vehicle().pk, at=self.now)
         return Response(s.TransferStartedSerializer(started).data, status=status.HTTP_201_CREATED)
 
 
@@ -184,7 +189,7 @@ class TransferClaimViewSet(OwnerViewSet):
     def claim(self, request):
         data = _valid(s.TransferClaimInput, request)
         vehicle = transfers.transfer_claim(
-            new_owner=self.owner, vin=data["vin"], code=data["code"], at=timezone.now()
+            new_owner=self.owner, vin=data["vin"], code=data["code"], at=self.now
         )
         return Response(s.VehicleSerializer(vehicle_of_owner(owner=self.owner, vehicle_id=vehicle.pk)).data)
 
@@ -211,7 +216,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
     @idempotent
     def cancel(self, request, pk=None):
         subscription = subscriptions.subscription_cancel(
-            owner=self.owner, subscription_id=pk, at=timezone.now()
+            owner=self.owner, subscription_id=pk, at=self.now
         )
         return Response(s.SubscriptionSerializer(subscription).data)
 
@@ -223,7 +228,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         subscription = subscriptions.subscription_resume(
-            owner=self.owner, subscription_id=pk, at=timezone.now()
+            owner=self.owner, subscription_id=pk, at=self.now
         )
         return Response(s.SubscriptionSerializer(subscription).data)
 
@@ -236,7 +241,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
     def change_preview(self, request, pk=None):
         data = _valid(s.PlanChangeInput, request)
         preview = subscriptions.subscription_change_preview(
-            owner=self.owner, subscription_id=pk, offer_code=data["offer"], at=timezone.now()
+            owner=self.owner, subscription_id=pk, offer_code=data["offer"], at=self.now
         )
         return Response(s.PlanChangePreviewSerializer(preview).data)
 
@@ -251,7 +256,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
     def change(self, request, pk=None):
         data = _valid(s.PlanChangeInput, request)
         outcome = subscriptions.subscription_change_apply(
-            owner=self.owner, subscription_id=pk, offer_code=data["offer"], at=timezone.now()
+            owner=self.owner, subscription_id=pk, offer_code=data["offer"], at=self.now
         )
         return checkout_response(outcome)
 
@@ -282,7 +287,7 @@ class MyPurchaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerV
     @action(detail=True, methods=["post"])
     @idempotent
     def withdraw(self, request, pk=None):
-        purchase = purchases.purchase_withdraw(owner=self.owner, purchase_id=pk, at=timezone.now())
+        purchase = purchases.purchase_withdraw(owner=self.owner, purchase_id=pk, at=self.now)
         return Response(s.PurchaseSerializer(purchase).data)
 
 
@@ -295,6 +300,22 @@ class MyInvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
 
     def owner_queryset(self, owner):
         return Invoice.objects.filter(owner=owner).prefetch_related("lines__invoice", "attempts__refunds")
+
+    @extend_schema(
+        summary="Pay an open subscription invoice (past due or unpaid) with a card of mine: ends dunning",
+        request=s.InvoicePayInput,
+        responses={**CHECKOUT_RESPONSES, 200: s.CheckoutSerializer},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+    )
+    @action(detail=True, methods=["post"], throttle_classes=[CheckoutThrottle])
+    @idempotent
+    def pay(self, request, pk=None):
+        data = _valid(s.InvoicePayInput, request)
+        outcome = invoice_payments.invoice_pay(
+            owner=self.owner, invoice_id=pk, payment_method_id=data.get("payment_method"), at=self.now
+        )
+        code = status.HTTP_200_OK if outcome.status == "succeeded" else status.HTTP_202_ACCEPTED
+        return Response(s.CheckoutSerializer(outcome).data, status=code)
 
 
 @extend_schema_view(list=extend_schema(summary="My payments"), retrieve=extend_schema(summary="One payment"))

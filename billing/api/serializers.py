@@ -280,6 +280,15 @@ class CheckoutSerializer(serializers.Serializer):
 
 
 # --- inputs ---------------------------------------------------------------------------------
+class InvoicePayInput(serializers.Serializer):
+    payment_method = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="One of my payment methods; default: my default card",
+    )
+
+
 class PurchaseCreateInput(serializers.Serializer):
     offer = serializers.SlugField(help_text="Offer code from the vehicle's offers")
     payment_method = serializers.IntegerField(

@@ -15,9 +15,12 @@ from billing.services.renewals import subscriptions_renew_due
 from billing.services.subscriptions import subscription_start
 from tests.billing.api_helpers import (
     CARD_DECLINED_AT_CHARGE,
+    add_card,
     catalog_world,
     heated_seats_plan,
     localstripe_card,
+    owner_client,
+    post,
 )
 from tests.concurrency import run_concurrently
 
@@ -202,3 +205,33 @@ def test_a_past_due_subscription_does_not_block_subscribing_to_another_plan(stri
 
     assert outcome.status == "succeeded"
     assert Subscription.objects.get(pk=subscription.pk).status == "past_due"
+
+
+@pytest.mark.django_db
+def test_the_owner_pays_the_open_invoice_with_another_card_and_dunning_ends(stripe_proxy, localstripe_url):
+    owner, vehicle, subscription = declining_world(localstripe_url)
+    at(RENEWAL, lambda now: subscriptions_renew_due(at=now))
+    for offset in (1, 3, 5, 7):  # every retry declines: unpaid, the features ended
+        at(RENEWAL + offset * DAY, lambda now: dunning_sweep(at=now))
+    subscription.refresh_from_db()
+    assert subscription.status == "unpaid"
+    invoice = subscription.dunning_invoice
+
+    with time_machine.travel(RENEWAL + 8 * DAY, tick=False):  # tokens minted at the travelled time
+        client = owner_client(owner)
+        good = add_card(client)  # becomes the default; the declining card stays on file
+        paid = post(client, f"/api/v1/me/invoices/{invoice.pk}/pay/", {"payment_method": good["id"]})
+        again = post(client, f"/api/v1/me/invoices/{invoice.pk}/pay/")
+        foreign = post(owner_client(catalog_world()[0]), f"/api/v1/me/invoices/{invoice.pk}/pay/")
+
+    assert paid.status_code == 200, paid.json()
+    assert paid.json()["status"] == "succeeded"
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.dunning_invoice_id, subscription.unpaid_since) == (
+        "active",
+        None,
+        None,
+    )
+    assert features(vehicle, RENEWAL + 20 * DAY) == ["heated_seats"]  # the period is restored
+    assert (again.status_code, again.json()["code"]) == (422, "invalid_state")
+    assert foreign.status_code == 404
