@@ -1,5 +1,6 @@
 from billing.models.catalog import Feature, Offer, Price
 from billing.models.clocks import TestClock, TestClockOwner
+from billing.models.credit_notes import CreditNote, CreditNoteLine
 from billing.models.entitlements import Entitlement, EntitlementSource
 from billing.models.invoices import (
     Invoice,
@@ -22,9 +23,13 @@ from billing.models.subscriptions import (
     SubscriptionStatus,
     TrialUsage,
 )
+from billing.models.tax import CustomerTaxProfile, InvoiceTaxLine, TaxRate, VatCategory
 
 __all__ = [
     "AttemptStatus",
+    "CreditNote",
+    "CreditNoteLine",
+    "CustomerTaxProfile",
     "Entitlement",
     "EntitlementSource",
     "Feature",
@@ -33,6 +38,7 @@ __all__ = [
     "InvoiceLine",
     "InvoiceNumberSequence",
     "InvoiceStatus",
+    "InvoiceTaxLine",
     "Offer",
     "PaymentAttempt",
     "PaymentMethod",
@@ -43,7 +49,9 @@ __all__ = [
     "RefundStatus",
     "Subscription",
     "SubscriptionStatus",
+    "TaxRate",
     "TestClock",
     "TestClockOwner",
     "TrialUsage",
+    "VatCategory",
 ]

@@ -71,6 +71,9 @@ class Invoice(models.Model):
     subtotal_minor = models.BigIntegerField(default=0)
     tax_minor = models.BigIntegerField(default=0)
     total_minor = models.BigIntegerField(default=0)
+    # VAT (billing/services/tax.py): how the lines were priced and the buyer's VAT id at issue
+    prices_include_tax = models.BooleanField(default=True, help_text="Line amounts are gross (VAT included).")
+    buyer_vat_id = models.CharField(max_length=20, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finalized_at = models.DateTimeField(null=True, blank=True)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -107,6 +110,10 @@ class InvoiceLine(models.Model):
     period_start = models.DateTimeField(null=True, blank=True)
     period_end = models.DateTimeField(null=True, blank=True)
     amount_minor = models.BigIntegerField()
+    # VAT of the line: its rate, EN 16931 category and its share of its rate's net amount
+    tax_rate = models.DecimalField(max_digits=7, decimal_places=5, null=True, blank=True)
+    vat_category = models.CharField(max_length=2, blank=True)
+    net_minor = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -1,4 +1,7 @@
-"""Invoices: created open with a gapless number, paid or voided through allowed transitions."""
+"""Invoices: created open with a gapless number, paid or voided through allowed transitions.
+
+Each invoice carries its VAT: per line (rate, category, net share) and per rate (`InvoiceTaxLine`:
+net, VAT and gross computed once on the sum of the lines of that rate; billing/services/tax.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,17 @@ from datetime import datetime
 
 from django.db import transaction
 
-from billing.models import Invoice, InvoiceKind, InvoiceLine, InvoiceNumberSequence, InvoiceStatus, Price
+from billing.models import (
+    Invoice,
+    InvoiceKind,
+    InvoiceLine,
+    InvoiceNumberSequence,
+    InvoiceStatus,
+    InvoiceTaxLine,
+    Price,
+    VatCategory,
+)
+from billing.services.tax import invoice_tax_compute
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Owner, Vehicle
 
@@ -47,9 +60,19 @@ def invoice_create(
     period_start: datetime | None = None,
     period_end: datetime | None = None,
     change_to_price: Price | None = None,
+    prices_include_tax: bool | None = None,
 ) -> Invoice:
-    """An open (finalized) invoice. Prices are gross: tax is included in the line amounts."""
-    total = sum(line.amount_minor for line in lines)
+    """An open (finalized) invoice with its VAT. Line amounts are gross (VAT included, what a
+    consumer pays) unless `prices_include_tax` is False, or None and the customer is a business
+    billed net prices (its tax profile): then VAT is added on top and the total is net + VAT."""
+    tax = invoice_tax_compute(
+        owner=owner,
+        vehicle=vehicle,
+        lines=[(line.amount_minor, line.offer_id) for line in lines],
+        at=at,
+        prices_include_tax=prices_include_tax,
+    )
+    total = tax.breakdown.gross_minor
     if total < 0:
         raise ValidationError("An invoice total cannot be negative.", code=ErrorCode.INVALID_AMOUNT)
     invoice = Invoice.objects.create(
@@ -64,8 +87,11 @@ def invoice_create(
         change_to_price=change_to_price,
         currency=currency,
         status=InvoiceStatus.OPEN,
-        subtotal_minor=total,
+        subtotal_minor=tax.breakdown.net_minor,
+        tax_minor=tax.breakdown.tax_minor,
         total_minor=total,
+        prices_include_tax=tax.prices_include_tax,
+        buyer_vat_id=tax.buyer_vat_id,
         finalized_at=at,
     )
     InvoiceLine.objects.bulk_create(
@@ -76,8 +102,24 @@ def invoice_create(
             offer_id=line.offer_id,
             period_start=line.period_start,
             period_end=line.period_end,
+            tax_rate=line_tax.rate,
+            vat_category=line_tax.vat_category,
+            net_minor=net,
         )
-        for line in lines
+        for line, line_tax, net in zip(lines, tax.lines, tax.breakdown.line_nets, strict=True)
+    )
+    InvoiceTaxLine.objects.bulk_create(
+        InvoiceTaxLine(
+            invoice=invoice,
+            vat_category=rate.category,
+            rate=rate.rate,
+            tax_rate=tax.tax_rate_of(rate.category, rate.rate),
+            net_minor=rate.net_minor,
+            tax_minor=rate.tax_minor,
+            gross_minor=rate.gross_minor,
+            reverse_charge=rate.category == VatCategory.REVERSE_CHARGE,
+        )
+        for rate in tax.breakdown.rates
     )
     return invoice
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from billing.gateways import stripe as gateway
 from billing.models import AttemptStatus, PaymentAttempt, Refund, RefundStatus
+from billing.services.credit_notes import credit_note_for_refund_create
 from billing.services.reconcile import reconcile_failure_record
 from billing.services.transitions import refund_transition
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode
@@ -84,6 +85,10 @@ def refund_execute(*, refund_id) -> Refund:
         if settling and not refund_transition(refund=refund, to=status, stripe_refund_id=stripe_id or ""):
             refund.stripe_refund_id = stripe_id or refund.stripe_refund_id  # still pending at Stripe
             refund.save(update_fields=["stripe_refund_id"])
+        # -- credit note: issued with the success, in its transaction (billing/services/credit_notes.py)
+        if settling and refund.status == RefundStatus.SUCCEEDED:
+            credit_note_for_refund_create(refund=refund, at=timezone.now())
+        # -- end credit note
     return refund
 
 
