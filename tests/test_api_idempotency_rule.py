@@ -44,7 +44,7 @@ def _url(template: str, ids: dict) -> str:
     return template.replace("{id}", str(ids.get(collection, "")))
 
 
-@pytest.mark.parametrize("template", sorted(MONEY_POSTS))
+@pytest.mark.parametrize("template", sorted(p for p in MONEY_POSTS if "/me/" in p))  # owners' routes
 def test_a_money_or_secret_post_without_idempotency_key_is_400_and_changes_nothing(
     world, stripe_proxy, template
 ):

@@ -25,6 +25,7 @@ MONEY_POSTS = {
     "/api/v1/me/payment-methods/setup-intent/",
     "/api/v1/me/payments/{id}/confirm/",
     "/api/v1/me/invoices/{id}/pay/",
+    "/api/v1/operator/test-clocks/{id}/advance/",
     "/api/v1/me/vehicles/{id}/transfer/",
 }
 # ... and reads and pure state toggles take none
@@ -145,6 +146,10 @@ def test_documented_idempotency_matches_the_code(schema):
         for action in viewset.get_extra_actions():
             if getattr(action, "idempotency_required", None) is not None:
                 enforced.add(action.url_path)
+    from billing.api.operator_views import TestClockAdvanceView
+
+    if getattr(TestClockAdvanceView.post, "idempotency_required", None) is not None:
+        enforced.add("advance")
     documented = {
         path.rstrip("/").rsplit("/", 1)[-1]
         for path, method, op in operations(schema)

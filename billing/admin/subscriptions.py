@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
 
 from billing.admin.display import money_column, short_id
-from billing.models import Entitlement, Purchase, Subscription, TrialUsage
+from billing.models import Entitlement, Purchase, Subscription, SubscriptionStatus, TrialUsage
+from billing.services.dunning import dunning_retry_now
 from core.admin import ReadOnlyAdmin
+from core.errors import BillingError
+
+
+class DunningFilter(admin.SimpleListFilter):
+    title = "dunning"
+    parameter_name = "dunning"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("past_due", "Retrying (past due, in grace)"),
+            ("unpaid", "Unpaid (retries exhausted)"),
+        )
+
+    def queryset(self, request, queryset):
+        if self.value() in ("past_due", "unpaid"):
+            return queryset.filter(status=self.value())
+        return queryset
 
 
 class SubscriptionEntitlementInline(admin.TabularInline):
@@ -41,8 +60,10 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         "current_period_start",
         "current_period_end",
         "cancel_at_period_end",
+        "dunning",
     )
     list_filter = (
+        DunningFilter,
         "status",
         "cancel_at_period_end",
         "offer__interval",
@@ -55,6 +76,36 @@ class SubscriptionAdmin(ReadOnlyAdmin):
     date_hierarchy = "current_period_end"
     inlines = (SubscriptionEntitlementInline,)
     price_amount = money_column("price.amount_minor", "price.currency", description="Price")
+    actions = ("retry_now",)
+
+    @admin.display(description="Dunning")
+    def dunning(self, obj: Subscription) -> str:
+        if obj.status == SubscriptionStatus.PAST_DUE:
+            retry = f"next retry {obj.next_retry_at:%Y-%m-%d %H:%M}" if obj.next_retry_at else "retry running"
+            grace = f", grace until {obj.grace_until:%Y-%m-%d %H:%M}" if obj.grace_until else ""
+            return f"{obj.dunning_retries} retries, {retry}{grace}"
+        if obj.status == SubscriptionStatus.UNPAID:
+            return f"unpaid since {obj.unpaid_since:%Y-%m-%d}" if obj.unpaid_since else "unpaid"
+        return "—"
+
+    @admin.action(description="Retry now: charge the open invoice with the owner's default card")
+    def retry_now(self, request, queryset) -> None:
+        for subscription in queryset:
+            try:
+                report = dunning_retry_now(subscription_id=subscription.pk, at=timezone.now())
+            except BillingError as exc:
+                self.message_user(request, f"{subscription}: {exc.message}", messages.ERROR)
+                continue
+            outcome = (
+                "paid: dunning ended"
+                if report.recovered
+                else "declined"
+                if report.declined
+                else "processing"
+                if report.pending
+                else ", ".join(report.errors) or "nothing to retry"
+            )
+            self.message_user(request, f"{subscription}: {outcome}.")
 
     def get_queryset(self, request):
         return (

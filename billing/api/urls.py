@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from billing.api import owner_views, vehicle_views
+from billing.api import operator_views, owner_views, vehicle_views
 from billing.api.jwks import urlpatterns as jwks_urlpatterns
 
 router = SimpleRouter()
@@ -27,5 +27,10 @@ vehicle_urlpatterns = [
 
 urlpatterns = [
     path("", include(router.urls)),
+    path(
+        "operator/test-clocks/<str:pk>/advance/",
+        operator_views.TestClockAdvanceView.as_view(),
+        name="operator-test-clock-advance",
+    ),
     *jwks_urlpatterns,
 ]

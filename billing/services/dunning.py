@@ -31,7 +31,7 @@ from django.db import transaction
 from billing.models import Invoice, InvoiceStatus, PaymentMethod, Subscription, SubscriptionStatus
 from billing.services.entitlements import entitlements_end, entitlements_grant_grace
 from billing.services.transitions import invoice_transition, subscription_transition
-from core.errors import BillingError, ErrorCode
+from core.errors import BillingError, BusinessRuleViolation, ErrorCode
 
 log = structlog.get_logger(__name__)
 RETRY_LEASE = timedelta(hours=1)  # a retry claimed by a worker that died is taken again after this
@@ -149,36 +149,66 @@ def _claim_due_retries(*, at: datetime, limit: int, owner_ids=None) -> list[tupl
 
 def dunning_retries_due(*, at: datetime, limit: int = 200, owner_ids=None) -> DunningReport:
     """Retry every past-due subscription whose retry is due at `at`; isolated per row."""
-    from billing.services.checkout import invoice_charge  # checkout -> payments -> fulfilment -> here
-
     report = DunningReport()
     for subscription_id, invoice_id, _due in _claim_due_retries(at=at, limit=limit, owner_ids=owner_ids):
-        report.retried += 1
-        try:
-            invoice = Invoice.objects.get(pk=invoice_id)
-            method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
-            if invoice.status != InvoiceStatus.OPEN:
-                continue
-            if method is None:
-                dunning_decline_without_card(invoice=invoice, at=at)
-                report.declined += 1
-                continue
-            status, _attempt = invoice_charge(invoice=invoice, payment_method=method, at=at)
-        except BillingError as exc:
-            if exc.code == ErrorCode.PAYMENT_DECLINED:
-                report.declined += 1
-            else:
-                report.errors.append(f"{subscription_id}: {exc.code}")
-            continue
-        except Exception as exc:
-            log.exception("dunning_retry_failed", subscription=str(subscription_id))
-            report.errors.append(f"{subscription_id}: {type(exc).__name__}")
-            continue
-        if status == "succeeded":
-            report.recovered += 1
-        else:
-            report.pending += 1
+        _retry_one(subscription_id=subscription_id, invoice_id=invoice_id, at=at, report=report)
     return report
+
+
+def dunning_retry_now(*, subscription_id, at: datetime) -> DunningReport:
+    """An operator's "retry now": charge the open invoice of a past-due or unpaid subscription
+    with the owner's default card at once (a success ends dunning and restores the period)."""
+    with transaction.atomic():
+        subscription = (
+            Subscription.objects.select_for_update(skip_locked=True)
+            .filter(pk=subscription_id, status__in=[SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID])
+            .exclude(dunning_invoice__isnull=True)
+            .first()
+        )
+        if subscription is None:
+            raise BusinessRuleViolation(
+                "Only a past-due or unpaid subscription with an open invoice can be retried "
+                "(or a retry of it is running).",
+                code=ErrorCode.INVALID_STATE,
+            )
+        if subscription.status == SubscriptionStatus.PAST_DUE:
+            subscription.next_retry_at = at + RETRY_LEASE  # leased like a scheduled retry
+            subscription.save(update_fields=["next_retry_at", "updated_at"])
+    report = DunningReport()
+    _retry_one(
+        subscription_id=subscription.pk, invoice_id=subscription.dunning_invoice_id, at=at, report=report
+    )
+    return report
+
+
+def _retry_one(*, subscription_id, invoice_id, at: datetime, report: DunningReport) -> None:
+    from billing.services.checkout import invoice_charge  # checkout -> payments -> fulfilment -> here
+
+    report.retried += 1
+    try:
+        invoice = Invoice.objects.get(pk=invoice_id)
+        if invoice.status != InvoiceStatus.OPEN:
+            return
+        method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
+        if method is None:
+            dunning_decline_without_card(invoice=invoice, at=at)
+            report.declined += 1
+            return
+        status, _attempt = invoice_charge(invoice=invoice, payment_method=method, at=at)
+    except BillingError as exc:
+        if exc.code == ErrorCode.PAYMENT_DECLINED:
+            report.declined += 1
+        else:
+            report.errors.append(f"{subscription_id}: {exc.code}")
+        return
+    except Exception as exc:
+        log.exception("dunning_retry_failed", subscription=str(subscription_id))
+        report.errors.append(f"{subscription_id}: {type(exc).__name__}")
+        return
+    if status == "succeeded":
+        report.recovered += 1
+    else:
+        report.pending += 1
 
 
 def dunning_decline_without_card(*, invoice: Invoice, at: datetime) -> None:
