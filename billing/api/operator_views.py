@@ -62,7 +62,7 @@ class TestClockAdvanceView(APIView):
             400: OpenApiResponse(description="validation_error, idempotency_key_required"),
             404: OpenApiResponse(description="not_found: no such clock, or not staff"),
             409: OpenApiResponse(description="idempotency_key_in_use"),
-            422: OpenApiResponse(description="idempotency_key_reused; invalid_state: clocks only move forward"),
+            422: OpenApiResponse(description="idempotency_key_reused; invalid_state (moving back)"),
         },
         tags=["operator"],
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
