@@ -3,15 +3,19 @@ Read-only: only the payment services and the reconciler change them."""
 
 from __future__ import annotations
 
+import structlog
 from django.contrib import admin, messages
+from django.db.models import Q, Sum
 
 from billing.admin.display import money_column, short_id
-from billing.models import AttemptStatus, PaymentAttempt, PaymentMethod, Refund
+from billing.models import AttemptStatus, PaymentAttempt, PaymentMethod, Refund, RefundStatus
 from billing.services.payments import payment_attempt_retry_now
 from billing.services.refunds import refund_in_full_or_raise, refund_retry_now
 from core.admin import ReadOnlyAdmin
 from core.errors import BillingError
 from core.money import format_money
+
+log = structlog.get_logger(__name__)
 
 
 class ReconcileStateFilter(admin.SimpleListFilter):
@@ -59,6 +63,7 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
         "invoice",
         "owner",
         "amount",
+        "refunded",
         "status",
         "stripe_payment_intent_id",
         "error_code",
@@ -81,6 +86,21 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
     amount = money_column("amount_minor", description="Amount")
     actions = ("refund_in_full", "reconcile_now")
 
+    def get_queryset(self, request):
+        succeeded = Q(refunds__status=RefundStatus.SUCCEEDED)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(refunded_minor=Sum("refunds__amount_minor", filter=succeeded))
+        )
+
+    @admin.display(description="Refunded", ordering="refunded_minor")
+    def refunded(self, obj: PaymentAttempt) -> str:
+        if not obj.refunded_minor:
+            return "—"
+        share = "in full" if obj.refunded_minor >= obj.amount_minor else "partly"
+        return f"{format_money(obj.refunded_minor, obj.currency)} ({share})"
+
     @admin.action(description="Retry now: ask Stripe where these payments stand (clears the dead letter)")
     def reconcile_now(self, request, queryset) -> None:
         for attempt in queryset:
@@ -96,8 +116,10 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
         for attempt in queryset.filter(status=AttemptStatus.SUCCEEDED):
             try:
                 refund = refund_in_full_or_raise(
-                    payment_attempt=attempt, reason=f"admin refund by {request.user}"
+                    payment_attempt=attempt,
+                    reason="goodwill",  # the owner sees the reason, not who
                 )
+                log.info("goodwill_refund", attempt=str(attempt.pk), operator=str(request.user))
             except BillingError as exc:
                 self.message_user(request, f"{attempt.invoice}: {exc.message}", messages.ERROR)
                 continue
