@@ -7,8 +7,18 @@ from datetime import datetime, timedelta
 
 from django.db.models import Q, QuerySet
 
-from billing.models import Entitlement, EntitlementSource, Offer, Price, Subscription, TrialUsage
+from billing.models import (
+    CreditNote,
+    Entitlement,
+    EntitlementSource,
+    Invoice,
+    Offer,
+    Price,
+    Subscription,
+    TrialUsage,
+)
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from core.errors import NotFound
 from vehicles.models import Vehicle
 from vehicles.state_cache import LOCAL_MAX_AGE, LocalVersionedCache
 
@@ -154,3 +164,28 @@ def offers_for_vehicle(*, vehicle: Vehicle, at: datetime) -> list[OfferForVehicl
             )
         )
     return result
+
+
+# -- invoice and credit-note documents (PDF, e-invoice) --------------------------------------------
+def invoice_of_owner(*, owner, invoice_id) -> Invoice:
+    """One of the owner's invoices with what its document prints; another's is `not_found`."""
+    invoices = Invoice.objects.select_related("owner__tax_profile", "vehicle")
+    invoice = invoices.filter(owner=owner, pk=invoice_id).first()
+    if invoice is None:
+        raise NotFound("No such invoice.")
+    return invoice
+
+
+def credit_notes_of_owner(*, owner) -> QuerySet[CreditNote]:
+    return CreditNote.objects.filter(owner=owner).select_related("invoice").order_by("-issued_at", "number")
+
+
+def credit_note_of_owner(*, owner, credit_note_id) -> CreditNote:
+    note = (
+        CreditNote.objects.select_related("owner__tax_profile", "invoice__vehicle")
+        .filter(owner=owner, pk=credit_note_id)
+        .first()
+    )
+    if note is None:
+        raise NotFound("No such credit note.")
+    return note

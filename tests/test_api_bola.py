@@ -27,6 +27,7 @@ from billing.models import (
     Refund,
     Subscription,
 )
+from billing.services.refunds import refund_create
 from tests.billing.api_helpers import (
     add_card,
     catalog_world,
@@ -153,6 +154,10 @@ def build_world(localstripe_url: str) -> World:
         "payment_method": str(card_a["id"]),
         "transfer": transfer.json()["transfer"],
     }
+    goodwill = PaymentAttempt.objects.get(pk=world.ids["subscription_payment"])
+    world.ids["credit_note"] = str(
+        refund_create(payment_attempt=goodwill, amount_minor=100, reason="goodwill").credit_note.pk
+    )
     return world
 
 
@@ -172,6 +177,8 @@ ID_PROVIDERS: dict[str, tuple[str, dict]] = {
     "my-purchase-withdraw": ("purchase", {}),
     "my-invoice-detail": ("invoice", {}),
     "my-invoice-pay": ("invoice", {}),
+    "my-invoice-pdf": ("invoice", {}),
+    "my-credit-note-pdf": ("credit_note", {}),
     "my-payment-detail": ("payment", {}),
     "my-payment-confirm": ("payment", {}),
     "my-payment-method-default": ("payment_method", {}),

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from billing.api import operator_views, owner_views, vehicle_views
+from billing.api import document_views, operator_views, owner_views, vehicle_views
 from billing.api.jwks import urlpatterns as jwks_urlpatterns
 
 router = SimpleRouter()
@@ -26,6 +26,14 @@ vehicle_urlpatterns = [
 ]
 
 urlpatterns = [
+    # invoice and credit-note documents (billing/api/document_views.py)
+    path("me/invoices/<uuid:pk>/pdf/", document_views.InvoicePdfView.as_view(), name="my-invoice-pdf"),
+    path("me/credit-notes/", document_views.MyCreditNotesView.as_view(), name="my-credit-note-list"),
+    path(
+        "me/credit-notes/<uuid:pk>/pdf/",
+        document_views.CreditNotePdfView.as_view(),
+        name="my-credit-note-pdf",
+    ),
     path("", include(router.urls)),
     path(
         "operator/test-clocks/<str:pk>/advance/",
