@@ -173,10 +173,19 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ----------------------------------------------------------------------------
+# Invariants (tests/billing/test_tasks.py): late acks, a task given back to the broker when its
+# worker dies, one message prefetched per process, a hard time limit on every task, and a Redis
+# visibility timeout longer than the longest time limit plus the longest retry countdown (else
+# Redis hands a running task to a second worker). Due times live in PostgreSQL, never as ETAs.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_TASK_TIME_LIMIT = 300  # the default hard limit; billing tasks set their own, lower
+CELERY_TASK_SOFT_TIME_LIMIT = 280
+CELERY_TASK_MAX_COUNTDOWN_SECONDS = 300  # core.task_failures.RETRY_BACKOFF_MAX_SECONDS
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT_SECONDS", 3600)),
+    }
 else:
     # A broker that needs no server: messages are files under var/celery (demo only).
     CELERY_BROKER_URL = "filesystem://"
@@ -191,8 +200,6 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = 300
-CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 
@@ -232,6 +239,16 @@ STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "http://127.0.0.1:8421")
 STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", 10))
 STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", 2))
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# The request budget every process shares (core/ratebudget.py, a token bucket in Redis): Stripe
+# allows 25 requests/s in test mode and 100/s live; we stay under it so a 429 never comes. 0: off.
+STRIPE_RATE_LIMIT_PER_SECOND = float(
+    os.environ.get(
+        "STRIPE_RATE_LIMIT_PER_SECOND",
+        25 if not STRIPE_SECRET_KEY or STRIPE_SECRET_KEY.startswith("sk_test_") else 80,
+    )
+)
+# A request that would wait longer than this for its slot is not sent: handled as a 429.
+STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS = float(os.environ.get("STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS", 10))
 
 # --- Entitlement tokens ----------------------------------------------------------------
 ENTITLEMENT_TOKEN_ISSUER = os.environ.get("ENTITLEMENT_TOKEN_ISSUER", "https://billing.example.com")

@@ -9,7 +9,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
-from core.models import IdempotencyRecord, SigningKey
+from core.models import IdempotencyRecord, SigningKey, TaskFailure
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -52,3 +52,42 @@ class SigningKeyAdmin(ReadOnlyAdmin):
     @admin.display(description="Public key (JWK)")
     def public_key(self, obj: SigningKey) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.public_jwk, indent=2, sort_keys=True))
+
+
+@admin.register(TaskFailure)
+class TaskFailureAdmin(ReadOnlyAdmin):
+    """The dead letter of background tasks; "Retry now" sends a call again and closes its row."""
+
+    list_display = ("task_name", "attempts", "first_failed_at", "last_failed_at", "retried_at", "short_error")
+    list_filter = (("retried_at", admin.EmptyFieldListFilter), "task_name")
+    search_fields = ("task_name", "task_id", "error")
+    readonly_fields = (
+        "task_name",
+        "task_id",
+        "args",
+        "kwargs",
+        "error",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+        "retried_at",
+    )
+    exclude = ("fingerprint",)
+    actions = ["retry_now"]
+
+    @admin.display(description="Error")
+    def short_error(self, obj: TaskFailure) -> str:
+        return obj.error.splitlines()[-1][:120] if obj.error else ""
+
+    @admin.action(description="Retry now")
+    def retry_now(self, request, queryset) -> None:
+        from core.task_failures import task_failure_retry
+
+        sent = 0
+        for failure in queryset.filter(retried_at__isnull=True):
+            task_failure_retry(failure=failure)
+            sent += 1
+        self.message_user(request, f"{sent} task(s) sent again.")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("core.change_taskfailure")  # the action needs it; fields stay read-only

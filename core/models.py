@@ -1,4 +1,5 @@
-"""Cross-cutting records: API idempotency keys and the signing keys of offline tokens."""
+"""Cross-cutting records: API idempotency keys, the signing keys of offline tokens, and the dead
+letter of background tasks."""
 
 from __future__ import annotations
 
@@ -57,3 +58,33 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.kid
+
+
+class TaskFailure(models.Model):
+    """The dead letter of background tasks: a task that failed its last allowed try (or whose
+    worker died under it again and again) with what it was called with, for an operator to
+    look at and retry (admin action "Retry now"). One open row per task and arguments."""
+
+    task_name = models.CharField(max_length=200)
+    task_id = models.CharField(max_length=64, blank=True, help_text="The Celery id of the last failure.")
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the task name and arguments.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=1, help_text="Tries that failed, over all deliveries.")
+    first_failed_at = models.DateTimeField()
+    last_failed_at = models.DateTimeField()
+    retried_at = models.DateTimeField(null=True, blank=True, help_text="Sent again by an operator.")
+
+    class Meta:
+        ordering = ["-last_failed_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["fingerprint"],
+                condition=models.Q(retried_at__isnull=True),
+                name="one_open_task_failure_per_call",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} ({self.attempts} failed tries)"

@@ -16,7 +16,11 @@ background thread with its own event loop, adds what real Stripe does and what n
   `Stripe-Should-Retry`), a hang past the client timeout, and "drop after forward": the request
   reaches localstripe (and its result is stored under the key, as Stripe would), then the
   connection is closed without an answer: the unknown-outcome case;
-- optionally a request budget per second above which it answers 429 (rate-limit tests).
+- optionally a request budget per second above which it answers 429 (rate-limit tests);
+- optionally (`answer_payment_intents`, off by default) it answers `POST /v1/payment_intents`
+  itself with a succeeded PaymentIntent echoing amount, currency, customer, payment method and
+  metadata, without forwarding: the benchmarks measure our own work with Stripe's left out
+  (idempotency, faults, the rate limit and the record apply as to any call).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -98,9 +103,15 @@ class StripeProxy:
     that replay much later). `max_recorded_calls`: keep only the latest calls (None: all)."""
 
     def __init__(
-        self, upstream: str, *, key_ttl_seconds: float | None = None, max_recorded_calls: int | None = None
+        self,
+        upstream: str,
+        *,
+        key_ttl_seconds: float | None = None,
+        max_recorded_calls: int | None = None,
+        answer_payment_intents: bool = False,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        self.answer_payment_intents = self._answer_payment_intents_default = answer_payment_intents
         self.url = ""
         self.key_ttl_seconds = key_ttl_seconds
         self._lock = threading.Lock()
@@ -130,8 +141,10 @@ class StripeProxy:
         self._thread.join(timeout=10)
 
     def reset(self) -> None:
-        """Forget calls, faults, stored keys and the rate limit; release hanging requests."""
+        """Forget calls, faults, stored keys and the rate limit, go back to the mode it was created
+        with; release hanging requests."""
         with self._lock:
+            self.answer_payment_intents = self._answer_payment_intents_default
             self._calls.clear()
             self._faults.clear()
             self._stored.clear()
@@ -165,6 +178,11 @@ class StripeProxy:
         with self._lock:
             self._rate_limit = per_second
             self._recent.clear()
+
+    def set_answer_payment_intents(self, enabled: bool) -> None:
+        """Answer `POST /v1/payment_intents` here (a synthetic succeeded PaymentIntent) or forward it."""
+        with self._lock:
+            self.answer_payment_intents = enabled
 
     def calls(
         self, *, method: str | None = None, path: str | None = None, outcome: str | None = None
@@ -260,6 +278,35 @@ class StripeProxy:
             kept = tuple((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP)
             return _Stored((), upstream.status, kept, payload)
 
+    @staticmethod
+    def _synthetic_payment_intent(form: dict[str, str]) -> _Stored:
+        """A succeeded, confirmed PaymentIntent for a create, echoing what was sent."""
+        intent_id = f"pi_local_{uuid.uuid4().hex[:24]}"
+        intent = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": int(form.get("amount", "0")),
+            "amount_received": int(form.get("amount", "0")),
+            "currency": form.get("currency", ""),
+            "customer": form.get("customer"),
+            "payment_method": form.get("payment_method"),
+            "payment_method_types": ["card"],
+            "metadata": {
+                key[9:-1]: value
+                for key, value in form.items()
+                if key.startswith("metadata[") and key.endswith("]")
+            },
+            "status": "succeeded",
+            "confirmation_method": "automatic",
+            "capture_method": "automatic",
+            "client_secret": f"{intent_id}_secret_local",
+            "created": int(time.time()),
+            "livemode": False,
+            "last_payment_error": None,
+            "next_action": None,
+        }
+        return _Stored((), 200, (("Content-Type", "application/json"),), json.dumps(intent).encode())
+
     async def _hang(self, seconds: float) -> None:
         assert self._release is not None
         with contextlib.suppress(TimeoutError):
@@ -344,7 +391,10 @@ class StripeProxy:
                 return self._respond(stored, {"Idempotent-Replayed": "true"})
 
         try:
-            result = await self._forward(request, body)
+            if self.answer_payment_intents and method == "POST" and path == "/v1/payment_intents":
+                result = self._synthetic_payment_intent(form)
+            else:
+                result = await self._forward(request, body)
             if key is not None and (result.status < 400 or result.status == 402):
                 with self._lock:
                     self._forget_expired()
@@ -377,10 +427,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--upstream", required=True, help="localstripe's URL, e.g. http://127.0.0.1:8420")
     parser.add_argument("--port", type=int, default=8421)
+    parser.add_argument(
+        "--answer-payment-intents",
+        action="store_true",
+        help="answer POST /v1/payment_intents here with a succeeded PaymentIntent (benchmarks)",
+    )
     args = parser.parse_args(argv)
     if urlsplit(args.upstream).hostname not in _LOOPBACK:
         parser.error("the upstream must be a localstripe on loopback")
-    proxy = StripeProxy(args.upstream, key_ttl_seconds=KEY_TTL_SECONDS, max_recorded_calls=MAX_RECORDED_CALLS)
+    proxy = StripeProxy(
+        args.upstream,
+        key_ttl_seconds=KEY_TTL_SECONDS,
+        max_recorded_calls=MAX_RECORDED_CALLS,
+        answer_payment_intents=args.answer_payment_intents,
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

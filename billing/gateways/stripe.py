@@ -41,6 +41,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from core.errors import BillingError, ErrorCode
 from core.money import Money
+from core.ratebudget import Budget, RateBudgetExhausted, rate_budget_take
 from core.rounding import from_stripe_amount, to_stripe_amount
 
 LOCALSTRIPE_API_KEY = "sk_test_localstripe"
@@ -203,8 +204,31 @@ def _build_client(
         api_key,
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
-        http_client=stripe.RequestsClient(timeout=timeout_seconds),
+        http_client=_BudgetedRequestsClient(timeout=timeout_seconds),
     )
+
+
+# -- the shared rate budget (core/ratebudget.py) -----------------------------------------------
+class _BudgetedRequestsClient(stripe.RequestsClient):
+    """Every HTTP request the SDK sends (SDK retries and list pages included) first takes a slot
+    of the request budget all our processes share, so Stripe's rate limit is never reached. No
+    slot within the budget's wait: a 429 of our own, handled as Stripe's (`RateLimited`)."""
+
+    def request(self, method, url, headers, post_data=None, **kwargs):
+        _budget()
+        return super().request(method, url, headers, post_data, **kwargs)
+
+
+def _budget() -> None:
+    budget = Budget(
+        name="stripe",
+        per_second=settings.STRIPE_RATE_LIMIT_PER_SECOND,
+        max_wait=settings.STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS,
+    )
+    try:
+        rate_budget_take(budget)
+    except RateBudgetExhausted as exc:
+        raise stripe.RateLimitError(str(exc), http_status=429) from exc
 
 
 def _require_key(idempotency_key: str) -> str:

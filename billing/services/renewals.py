@@ -3,9 +3,15 @@
 For every live subscription whose period has ended: cancel it if it was set to cancel, apply a
 pending downgrade, open the invoice of the next period (unique per subscription and period start),
 and charge it off-session. The entitlement of the new period is granted only when the payment
-succeeds (`fulfilment`); a decline leaves the subscription past due. Concurrent sweeps take
-rows with SKIP LOCKED, and the invoice constraint plus the one-live-attempt constraint make a
-second charge for the same period impossible even if two workers raced past the lock.
+succeeds (`fulfilment`); a decline leaves the subscription past due.
+
+At fleet scale: the due time is the subscription's `current_period_end` in PostgreSQL (never a
+broker ETA). The beat task lists due ids and fans them out in chunks to the Celery workers
+(`billing.tasks`); every sweep, chunk or whole, claims a batch of rows with SKIP LOCKED and holds
+the row locks while it renews them, so concurrent sweeps divide the work. The invoice constraint
+(one per subscription and period start) and the one-live-attempt constraint make a second charge
+for the same period impossible even if two workers raced past the lock. Stripe calls are paced by
+the shared rate budget in the gateway (`core/ratebudget.py`).
 """
 
 from __future__ import annotations
@@ -33,10 +39,15 @@ from billing.services.invoices import subscription_period_invoice_create
 from billing.services.transitions import subscription_transition
 from core.errors import BillingError, ErrorCode
 from core.periods import Interval, period_at
+from core.redis import redis_client, redis_key
 
 log = structlog.get_logger(__name__)
 RENEWABLE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
 STRANDED_AFTER = timedelta(minutes=5)
+# Rows locked and renewed per transaction: fewer commits, and short enough that a checkout
+# waiting for one of these subscriptions waits a fraction of a second.
+CLAIM_BATCH_SIZE = 25
+HANDED_OUT_FOR = timedelta(minutes=10)  # a chunk not done by then is handed out again
 
 
 @dataclass
@@ -49,33 +60,103 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
 
 
-def subscriptions_renew_due(*, at: datetime, limit: int = 500, owner_ids=None) -> SweepReport:
-    """Renew every subscription due at `at`. Safe to run on several workers at once.
+def subscriptions_due(*, at: datetime, owner_ids=None):
+    """Live subscriptions whose period has ended at `at`: `owner_ids` only (a test clock
+    advancing), or by default everyone but the owners on test clocks."""
+    due = Subscription.objects.filter(status__in=RENEWABLE, current_period_end__lte=at)
+    if owner_ids is not None:
+        return due.filter(owner_id__in=owner_ids)
+    return due.exclude(owner_id__in=owners_on_test_clocks())
 
-    `owner_ids`: only these owners (a test clock advancing); by default everyone but the owners
-    on test clocks. A subscription that fails is reported and not taken again in this run.
+
+def renewal_chunks_hand_out(
+    *, at: datetime, chunk_size: int = 50, max_ids: int = 20_000, owner_ids=None
+) -> list[list[str]]:
+    """The ids of due subscriptions in chunks (oldest first) for the workers to claim.
+
+    Each id is handed out once per `HANDED_OUT_FOR` (a Redis mark, SET NX): a backlog longer than
+    one beat interval, or a second beat started by mistake, does not enqueue it again. A chunk
+    lost with its worker is handed out again when the mark expires. Only a hint: the chunk's
+    claim (SKIP LOCKED, still due) is what makes a renewal happen once.
+    """
+    ids = [
+        str(pk)
+        for pk in subscriptions_due(at=at, owner_ids=owner_ids)
+        .order_by("current_period_end")
+        .values_list("pk", flat=True)[:max_ids]
+    ]
+    client = redis_client()
+    if client is not None and ids:
+        pipe = client.pipeline(transaction=False)
+        for pk in ids:
+            pipe.set(
+                redis_key(f"renewal-handed-out:{pk}"), "1", nx=True, ex=int(HANDED_OUT_FOR.total_seconds())
+            )
+        ids = [pk for pk, fresh in zip(ids, pipe.execute(), strict=True) if fresh]
+    return [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+
+
+def subscriptions_renew_due(
+    *, at: datetime, limit: int = 500, owner_ids=None, subscription_ids=None
+) -> SweepReport:
+    """Renew every subscription due at `at` (at most `limit`). Safe to run on many workers at once.
+
+    Claims are held while worked on: a batch of due rows is locked with SKIP LOCKED and renewed,
+    each row in a savepoint of its own, in the transaction that locked it; concurrent sweeps skip
+    those rows, so N sweeps divide the work with neither duplicates nor gaps. Once the batch
+    commits its rows are no longer due, and their invoices are charged outside any transaction
+    (the attempt row is committed before Stripe is called). A row that fails is reported and not
+    taken again in this run. `subscription_ids`: only these (a chunk fanned out by the beat task);
+    without them, renewal invoices stranded by a dead worker are charged too.
     """
     report = SweepReport()
-    seen: set = set()
-    due = Subscription.objects.filter(status__in=RENEWABLE, current_period_end__lte=at)
-    due = (
-        due.filter(owner_id__in=owner_ids)
-        if owner_ids is not None
-        else due.exclude(owner_id__in=owners_on_test_clocks())
-    )
-    while len(seen) < limit:
-        with transaction.atomic():
-            batch = list(
-                due.select_for_update(skip_locked=True)
-                .exclude(pk__in=seen)
-                .order_by("current_period_end")
-                .values_list("pk", flat=True)[:50]
-            )
-        if not batch:
+    due = subscriptions_due(at=at, owner_ids=owner_ids)
+    if subscription_ids is not None:
+        due = due.filter(pk__in=list(subscription_ids))
+    passed_over: set = set()  # failed rows: not claimed again by this run
+    taken = 0
+    while taken < limit:
+        size = min(CLAIM_BATCH_SIZE, limit - taken)
+        claimed, invoices = _claim_and_renew(
+            due=due, at=at, size=size, passed_over=passed_over, report=report
+        )
+        if not claimed:
             break
-        for subscription_id in batch:
-            seen.add(subscription_id)
-            _renew_one(subscription_id=subscription_id, at=at, report=report)
+        taken += claimed
+        for invoice in invoices:
+            _charge(invoice=invoice, report=report, at=at)
+    if subscription_ids is None:
+        stranded_renewal_invoices_charge(at=at, owner_ids=owner_ids, report=report)
+    return report
+
+
+def _claim_and_renew(
+    *, due, at: datetime, size: int, passed_over: set, report: SweepReport
+) -> tuple[int, list[Invoice]]:
+    """Lock up to `size` due rows (SKIP LOCKED) and renew them in this one transaction, holding
+    the locks until it commits. Returns how many rows it claimed and the invoices to charge."""
+    invoices: list[Invoice] = []
+    with transaction.atomic():
+        claimed = list(
+            due.select_for_update(skip_locked=True, of=("self",))
+            .exclude(pk__in=passed_over)
+            .order_by("current_period_end")
+            .values_list("pk", flat=True)[:size]
+        )
+        for subscription_id in claimed:
+            invoice = _renew_one(subscription_id=subscription_id, at=at, report=report)
+            if isinstance(invoice, Invoice):
+                invoices.append(invoice)
+            elif invoice is not RenewalSkipped.ENDED:  # failed, or not due: never claimed again here
+                passed_over.add(subscription_id)
+    return len(claimed), invoices
+
+
+def stranded_renewal_invoices_charge(
+    *, at: datetime, owner_ids=None, report: SweepReport | None = None
+) -> SweepReport:
+    """Charge renewal invoices whose sweep died after committing them, before any charge."""
+    report = report if report is not None else SweepReport()
     for invoice in _stranded_renewal_invoices(at=at, owner_ids=owner_ids):
         _charge(invoice=invoice, report=report, at=at)
     return report
@@ -97,23 +178,23 @@ def _stranded_renewal_invoices(*, at: datetime, owner_ids=None) -> list[Invoice]
     return list(stranded[:100])
 
 
-def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> None:
+def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> Invoice | RenewalSkipped | None:
+    """Renew one claimed row in a savepoint: an error rolls back that row only (None)."""
     try:
-        invoice = subscription_renew(subscription_id=subscription_id, at=at)
+        with transaction.atomic():
+            invoice = subscription_renew(subscription_id=subscription_id, at=at)
     except BillingError as exc:
         report.errors.append(f"{subscription_id}: {exc.code}")
-        return
+        return None
     except Exception as exc:  # one subscription never stops the sweep
         log.exception("renewal_failed", subscription=str(subscription_id))
         report.errors.append(f"{subscription_id}: {type(exc).__name__}")
-        return
+        return None
     if invoice is RenewalSkipped.ENDED:
         report.canceled += 1
-        return
-    if invoice is RenewalSkipped.NOT_DUE:
+    elif invoice is RenewalSkipped.NOT_DUE:
         report.skipped += 1
-        return
-    _charge(invoice=invoice, report=report, at=at)
+    return invoice
 
 
 def _charge(*, invoice: Invoice, report: SweepReport, at: datetime) -> None:
