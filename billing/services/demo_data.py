@@ -15,13 +15,24 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
 from django.utils import timezone
 
-from billing.models import Entitlement, Feature, Offer, Price, Subscription, SubscriptionStatus, TrialUsage
+from billing.models import (
+    CustomerTaxProfile,
+    Entitlement,
+    Feature,
+    Offer,
+    Price,
+    Subscription,
+    SubscriptionStatus,
+    TaxRate,
+    TrialUsage,
+)
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services.catalog import offer_for_vehicle
 from billing.services.entitlements import (
@@ -45,6 +56,24 @@ MARKETS = [
     ("US", "United States", "USD", 0),
     ("JP", "Japan", "JPY", 0),
 ]
+# VAT per market, for every feature category ("default"): consumers pay their country's rate
+# (EU one-stop shop). Germany shows a rate change: 16 % from July to December 2020.
+# market, kind, rate, valid from, valid to (exclusive)
+TAX_RATES = [
+    ("DE", "standard", "0.19", (2007, 1, 1), (2020, 7, 1)),
+    ("DE", "standard", "0.16", (2020, 7, 1), (2021, 1, 1)),
+    ("DE", "standard", "0.19", (2021, 1, 1), None),
+    ("FR", "standard", "0.20", (2014, 1, 1), None),
+    ("US", "outside_scope", "0", (2007, 1, 1), None),  # no VAT (US sales tax is not handled here)
+    ("JP", "standard", "0.10", (2019, 10, 1), None),  # consumption tax
+]
+# The fleet's VAT id and address: its invoices are Factur-X e-invoices.
+FLEET_TAX_PROFILE = {
+    "vat_id": "DE123456704",
+    "address_line": "Am Sandtorkai 1",
+    "postcode": "20457",
+    "city": "Hamburg",
+}
 
 CAPABILITIES = {
     "heated_seat_hw": "Heated seat hardware",
@@ -557,6 +586,24 @@ def _seed_owners(tally: _Tally) -> dict[str, Owner]:
     return owners
 
 
+def _seed_tax(tally: _Tally, owners: dict[str, Owner]) -> None:
+    for code, kind, rate, valid_from, valid_to in TAX_RATES:
+        _upsert(
+            tally,
+            "tax rates",
+            TaxRate,
+            {
+                "kind": kind,
+                "rate": Decimal(rate),
+                "valid_to": _at(*valid_to, hour=0) if valid_to else None,
+            },
+            market=Market.objects.get(code=code),
+            category="default",
+            valid_from=_at(*valid_from, hour=0),
+        )
+    _upsert(tally, "tax profiles", CustomerTaxProfile, FLEET_TAX_PROFILE, owner=owners["fleet"])
+
+
 def _seed_vehicles(tally: _Tally, owners: dict[str, Owner]) -> dict[str, Vehicle]:
     markets = {m.code: m for m in Market.objects.all()}
     capabilities = {c.code: c for c in Capability.objects.all()}
@@ -670,6 +717,7 @@ def demo_data_seed(*, now: datetime | None = None) -> SeedResult:
     tally = _Tally()
     _seed_catalog(tally)
     owners = _seed_owners(tally)
+    _seed_tax(tally, owners)
     vehicles = _seed_vehicles(tally, owners)
     _seed_subscriptions(tally, vehicles, now)
     admin_created = _seed_admin()
