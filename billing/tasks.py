@@ -28,6 +28,7 @@ from billing.services.renewals import (
     stranded_renewal_invoices_charge,
     subscriptions_renew_due,
 )
+from billing.services.webhooks import stripe_event_process_isolated, stripe_events_process_pending
 from core.idempotency import idempotency_records_purge
 from core.task_failures import DeadLetterTask
 
@@ -43,6 +44,8 @@ TIME_LIMITS = {
     "renew_due_subscriptions": 120,
     "renew_subscriptions_chunk": 180,
     "run_dunning": 280,
+    "process_stripe_event": 60,
+    "process_pending_stripe_events": 240,
 }
 
 
@@ -100,3 +103,16 @@ def renew_subscriptions_chunk(subscription_ids: list[str]) -> dict:
 def run_dunning() -> dict:
     """Retry declined renewals that are due, cancel unpaid subscriptions, remind ending trials."""
     return asdict(dunning_sweep(at=timezone.now()))
+
+
+@shared_task(base=DeadLetterTask, **_limits("process_stripe_event"))
+def process_stripe_event(event_pk: int) -> str | None:
+    """Process one Stripe webhook from the inbox (idempotent; errors are recorded on the row)."""
+    row = stripe_event_process_isolated(event_pk=event_pk)
+    return row.status if row is not None else None
+
+
+@shared_task(base=DeadLetterTask, **_limits("process_pending_stripe_events"))
+def process_pending_stripe_events() -> int:
+    """Inbox rows a lost task left behind, or backed off after an error."""
+    return stripe_events_process_pending()

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.api.urls import vehicle_urlpatterns
+from billing.api.webhook_views import stripe_webhook
 from core.health import healthz
 from core.views import ping
 
@@ -10,6 +11,7 @@ from core.views import ping
 # patterns in order.
 urlpatterns = [
     path("api/v1/", include(vehicle_urlpatterns)),
+    path("webhooks/stripe/", stripe_webhook, name="stripe-webhook"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("ping", ping, name="ping"),

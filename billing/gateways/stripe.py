@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import calendar
 import functools
+import hashlib
+import hmac
 import json
 import random
 import re
 import ssl
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -405,20 +409,82 @@ def refund_create(
 
 
 def webhook_event_verify(
-    *, payload: bytes, signature_header: str | None, secret: str, tolerance_seconds: int = 300
+    *,
+    payload: bytes,
+    signature_header: str | None,
+    secret: str | Sequence[str],
+    tolerance_seconds: int = 300,
+    now: int | None = None,
 ) -> dict[str, Any]:
-    """Verify a webhook's `Stripe-Signature` (HMAC-SHA256 over the raw body, timestamp within
-    `tolerance_seconds`) and return the event as plain JSON data: still untrusted input (R27)."""
-    if not secret:
+    """Verify a webhook's `Stripe-Signature` and return the event as plain JSON data (still
+    untrusted input: its objects are re-read from Stripe before money or rights change).
+
+    HMAC-SHA256 of `"{t}.{raw body}"` with any of `secret` (several during a rotation) must equal
+    one of the header's `v1` values; `t` must lie within `tolerance_seconds` of now in BOTH
+    directions (stripe-python only refuses old timestamps: a future one would be replayable
+    later). Compared in constant time.
+    """
+    secrets = [secret] if isinstance(secret, str) else [s for s in secret if s]
+    if not secrets or not all(secrets):
         raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET is empty: refusing to accept unsigned webhooks.")
+    timestamp, signatures = _signature_header_parse(signature_header)
+    current = int(time.time()) if now is None else now
+    if timestamp is None or not signatures or abs(current - timestamp) > tolerance_seconds:
+        raise WebhookSignatureInvalid("The webhook signature is missing, garbled or too old/new.")
+    signed_payload = str(timestamp).encode() + b"." + payload
+    expected = [hmac.new(key.encode(), signed_payload, hashlib.sha256).hexdigest() for key in secrets]
+    if not any(hmac.compare_digest(want, got) for want in expected for got in signatures):
+        raise WebhookSignatureInvalid("The webhook signature does not verify.")
     try:
-        stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance_seconds)
         event = json.loads(payload)
-    except (stripe.SignatureVerificationError, ValueError) as exc:
-        raise WebhookSignatureInvalid("The webhook signature does not verify.") from exc
+    except ValueError as exc:
+        raise WebhookSignatureInvalid("The webhook body is not JSON.") from exc
     if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(event.get("id"), str):
         raise WebhookSignatureInvalid("The webhook body is not a Stripe event.")
     return event
+
+
+def _signature_header_parse(header: str | None) -> tuple[int | None, list[str]]:
+    """`t=1492774577,v1=5257...,v1=...,v0=...` -> (1492774577, ["5257...", ...]); garbage -> (None, [])."""
+    if not header or len(header) > 4096:
+        return None, []
+    timestamp, signatures = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif key == "v1" and value:
+            signatures.append(value)
+    return timestamp, signatures
+
+
+def payment_method_retrieve(*, payment_method_id: str) -> tuple[PaymentMethodInfo, str | None]:
+    """A PaymentMethod's card details and the customer it is attached to now (None: detached)."""
+    try:
+        method = _client().v1.payment_methods.retrieve(payment_method_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+    customer = _get(method, "customer")
+    return _payment_method_info(method), (customer if isinstance(customer, str) else _get(customer, "id"))
+
+
+def customer_default_payment_method(*, customer_id: str) -> str | None:
+    """The customer's default PaymentMethod for invoices, as Stripe holds it now."""
+    try:
+        customer = _client().v1.customers.retrieve(customer_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+    default = _get(_get(customer, "invoice_settings"), "default_payment_method")
+    return default if isinstance(default, str) or default is None else _get(default, "id")
+
+
+def refund_retrieve(*, refund_id: str) -> tuple[RefundResult, Money | None, dict[str, str]]:
+    """A refund as Stripe holds it now: its status, amount and metadata (to check against ours)."""
+    try:
+        refund = _client().v1.refunds.retrieve(refund_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+    return RefundResult(id=refund.id, status=refund.status), _amount(refund), _metadata(refund)
 
 
 # -- mapping Stripe objects ---------------------------------------------------------------------

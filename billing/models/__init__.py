@@ -24,6 +24,7 @@ from billing.models.subscriptions import (
     TrialUsage,
 )
 from billing.models.tax import CustomerTaxProfile, InvoiceTaxLine, TaxRate, VatCategory
+from billing.models.webhooks import StripeEvent, StripeEventStatus
 
 __all__ = [
     "AttemptStatus",
@@ -47,6 +48,8 @@ __all__ = [
     "PurchaseStatus",
     "Refund",
     "RefundStatus",
+    "StripeEvent",
+    "StripeEventStatus",
     "Subscription",
     "SubscriptionStatus",
     "TaxRate",

@@ -123,7 +123,7 @@ class RefundStatus(models.TextChoices):
 REFUND_TRANSITIONS: dict[str, frozenset[str]] = {
     RefundStatus.PENDING: frozenset({"succeeded", "failed", "unknown"}),
     RefundStatus.UNKNOWN: frozenset({"succeeded", "failed", "pending"}),
-    RefundStatus.SUCCEEDED: frozenset(),
+    RefundStatus.SUCCEEDED: frozenset({"failed"}),  # Stripe may report a refund failed later
     RefundStatus.FAILED: frozenset(),
 }
 

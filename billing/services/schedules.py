@@ -12,6 +12,11 @@ SCHEDULES = {
         IntervalSchedule.MINUTES,
     ),
     "reconcile payments": ("billing.tasks.reconcile_payments", 5, IntervalSchedule.MINUTES),
+    "stripe webhooks left in the inbox": (
+        "billing.tasks.process_pending_stripe_events",
+        1,
+        IntervalSchedule.MINUTES,
+    ),
     "reconcile refunds": ("billing.tasks.reconcile_refunds", 5, IntervalSchedule.MINUTES),
     "purge idempotency records": ("billing.tasks.purge_idempotency_records", 1, IntervalSchedule.HOURS),
     "flush expired tokens": ("billing.tasks.flush_expired_tokens", 1, IntervalSchedule.DAYS),

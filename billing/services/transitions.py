@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from billing.models import Invoice, PaymentAttempt, Purchase, Refund, Subscription
+from billing.models import Invoice, PaymentAttempt, Purchase, Refund, StripeEvent, Subscription
 from billing.models.invoices import INVOICE_TRANSITIONS, InvoiceStatus
 from billing.models.payments import ATTEMPT_TRANSITIONS, REFUND_TRANSITIONS
 from billing.models.subscriptions import PURCHASE_TRANSITIONS, SUBSCRIPTION_TRANSITIONS
+from billing.models.webhooks import STRIPE_EVENT_TRANSITIONS
 from core.states import transition_apply
 
 
@@ -38,3 +39,7 @@ def refund_transition(*, refund: Refund, to: str, **changes: Any) -> bool:
 
 def purchase_transition(*, purchase: Purchase, to: str, **changes: Any) -> bool:
     return transition_apply(purchase, table=PURCHASE_TRANSITIONS, to=to, changes=changes)
+
+
+def stripe_event_transition(*, event: StripeEvent, to: str, **changes: Any) -> bool:
+    return transition_apply(event, table=STRIPE_EVENT_TRANSITIONS, to=to, changes=changes)

@@ -1,0 +1,319 @@
+"""Stripe webhooks in: verify, write to the inbox, commit, answer 2xx; process asynchronously.
+
+Receiving (`stripe_webhook_receive`, called by the view with the raw body): the signature is
+verified (several secrets during a rotation, 300 s tolerance both ways) before anything is
+written, so a refused request leaves no row. The event goes to the inbox once (its Stripe id is
+unique: a duplicate delivery is acknowledged and dropped), and its processing is enqueued on
+commit. A sweep (`stripe_events_process_pending`) processes whatever a lost task left behind.
+
+Processing (`stripe_event_process`) is idempotent and order-independent: Stripe data is untrusted
+input, so an event only points at an object; the object is re-read from Stripe and its state is
+recorded through the same services the app uses (`payment_attempt_record`, refund transitions),
+whose transition tables never let an older state overwrite a newer one. An event whose mode
+(live/test), customer, amount or currency does not match our record is refused: logged, shown in
+admin (Stripe events, status "refused"), and nothing changes. Verified events of other types are
+acknowledged and ignored, as Stripe advises.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.gateways import stripe as gateway
+from billing.models import (
+    PaymentAttempt,
+    PaymentMethod,
+    Refund,
+    RefundStatus,
+    StripeEvent,
+    StripeEventStatus,
+)
+from billing.services.reconcile import reconcile_failure_record
+from billing.services.transitions import refund_transition, stripe_event_transition
+from core.money import Money
+from core.rounding import from_stripe_amount
+from vehicles.models import Owner
+
+log = structlog.get_logger(__name__)
+
+PAYMENT_INTENT_EVENTS = {
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.requires_action",
+    "payment_intent.canceled",
+    "payment_intent.processing",
+}
+REFUND_EVENTS = {"charge.refunded", "refund.updated", "refund.created", "charge.refund.updated"}
+PAYMENT_METHOD_EVENTS = {"payment_method.attached", "payment_method.detached", "setup_intent.succeeded"}
+CUSTOMER_EVENTS = {"customer.updated"}
+_STRIPE_REFUND_STATUS = {
+    "succeeded": RefundStatus.SUCCEEDED,
+    "failed": RefundStatus.FAILED,
+    "canceled": RefundStatus.FAILED,
+}
+
+
+class EventRefused(Exception):
+    """The event does not match our records: nothing changes, an operator looks at it."""
+
+
+def webhook_secrets() -> list[str]:
+    configured = settings.STRIPE_WEBHOOK_SECRET
+    return (
+        [s.strip() for s in configured.split(",") if s.strip()]
+        if isinstance(configured, str)
+        else list(configured)
+    )
+
+
+def expected_livemode() -> bool:
+    return settings.STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
+
+
+def stripe_webhook_receive(*, payload: bytes, signature_header: str | None) -> tuple[StripeEvent, bool]:
+    """Verify and store one delivery. Returns (inbox row, created). Raises `WebhookSignatureInvalid`
+    (400) before writing anything when the request is not a verified Stripe event."""
+    event = gateway.webhook_event_verify(
+        payload=payload, signature_header=signature_header, secret=webhook_secrets()
+    )
+    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    obj = data.get("object") if isinstance(data.get("object"), dict) else {}
+    created = event.get("created")
+    fields = {
+        "type": str(event.get("type", ""))[:100],
+        "livemode": bool(event.get("livemode", False)),
+        "stripe_created": datetime.fromtimestamp(created, tz=UTC)
+        if isinstance(created, int)
+        else timezone.now(),
+        "object_id": str(obj.get("id", ""))[:255],
+        "payload": event,
+    }
+    try:
+        with transaction.atomic():
+            row, was_created = StripeEvent.objects.get_or_create(
+                stripe_event_id=event["id"][:255], defaults=fields
+            )
+            if was_created:
+                transaction.on_commit(lambda: _enqueue(row.pk))
+    except IntegrityError:  # a concurrent duplicate won the unique id
+        return StripeEvent.objects.get(stripe_event_id=event["id"][:255]), False
+    return row, was_created
+
+
+def _enqueue(event_pk: int) -> None:
+    from billing.tasks import process_stripe_event
+
+    try:
+        process_stripe_event.delay(event_pk)
+    except Exception:  # noqa: BLE001 - the broker is down: the pending sweep picks the row up
+        log.warning("stripe_event_enqueue_failed", stripe_event=event_pk)
+
+
+def stripe_event_process(*, event_pk: int) -> StripeEvent:
+    """Process one inbox row once. The row is locked for the duration (a concurrent worker skips
+    it); a failure leaves it `received`, backed off, and dead-lettered after repeated failures."""
+    with transaction.atomic():
+        row = StripeEvent.objects.select_for_update(skip_locked=True).filter(pk=event_pk).first()
+        if row is None or row.status != StripeEventStatus.RECEIVED:
+            return row or StripeEvent.objects.get(pk=event_pk)
+        try:
+            with transaction.atomic():
+                status, outcome = _handle(row)
+        except EventRefused as refused:
+            status, outcome = StripeEventStatus.REFUSED, str(refused)
+            log.error("stripe_event_refused", stripe_event=row.stripe_event_id, type=row.type, reason=outcome)
+        stripe_event_transition(
+            event=row, to=status, outcome=outcome[:500], processed_at=timezone.now(), next_reconcile_at=None
+        )
+    return row
+
+
+def stripe_events_process_pending(*, older_than: timedelta = timedelta(seconds=30), limit: int = 500) -> int:
+    """Process inbox rows a lost task left behind (or backed off after an error), oldest first."""
+    now = timezone.now()
+    ids = list(
+        StripeEvent.objects.filter(
+            status=StripeEventStatus.RECEIVED, received_at__lt=now - older_than, dead_lettered_at__isnull=True
+        )
+        .exclude(next_reconcile_at__gt=now)
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for event_pk in ids:
+        stripe_event_process_isolated(event_pk=event_pk)
+    return len(ids)
+
+
+def stripe_event_process_isolated(*, event_pk: int) -> StripeEvent | None:
+    """`stripe_event_process` that records an error on the row instead of raising."""
+    try:
+        return stripe_event_process(event_pk=event_pk)
+    except Exception as exc:  # noqa: BLE001 - recorded on the row, backed off, dead-lettered
+        reconcile_failure_record(model=StripeEvent, pk=event_pk, error=exc, at=timezone.now())
+        return None
+
+
+def stripe_event_reprocess(*, event_pk: int) -> StripeEvent | None:
+    """An operator's "reprocess" on a dead-lettered or backed-off row."""
+    StripeEvent.objects.filter(pk=event_pk).update(
+        dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
+    )
+    return stripe_event_process_isolated(event_pk=event_pk)
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _handle(row: StripeEvent) -> tuple[str, str]:
+    if row.livemode != expected_livemode():
+        raise EventRefused(f"livemode={row.livemode} does not match this deployment")
+    obj = (row.payload.get("data") or {}).get("object") or {}
+    if row.type in PAYMENT_INTENT_EVENTS:
+        return _payment_intent(obj)
+    if row.type in REFUND_EVENTS:
+        return _refunds(row.type, obj)
+    if row.type in PAYMENT_METHOD_EVENTS:
+        return _payment_method(row.type, obj)
+    if row.type in CUSTOMER_EVENTS:
+        return _customer(obj)
+    return StripeEventStatus.IGNORED, f"type {row.type} is not handled"
+
+
+def _owner_of_customer(customer_id: Any) -> Owner | None:
+    return (
+        Owner.objects.filter(stripe_customer_id=customer_id).first() if isinstance(customer_id, str) else None
+    )
+
+
+def _payment_intent(obj: dict) -> tuple[str, str]:
+    from billing.services.payments import PaymentResultMismatch, payment_attempt_record
+
+    intent_id = obj.get("id")
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    attempt = (
+        PaymentAttempt.objects.select_related("owner").filter(pk=metadata.get("payment_attempt_id")).first()
+        if _is_uuid(metadata.get("payment_attempt_id"))
+        else None
+    ) or PaymentAttempt.objects.select_related("owner").filter(
+        stripe_payment_intent_id=intent_id or "-"
+    ).first()
+    if attempt is None:
+        return StripeEventStatus.IGNORED, "no payment of ours"
+    if obj.get("customer") != attempt.owner.stripe_customer_id:
+        raise EventRefused("the PaymentIntent's customer is not the payment's owner")
+    if _money(obj) != Money(attempt.amount_minor, attempt.currency):
+        raise EventRefused("the PaymentIntent's amount or currency differs from the payment")
+    if attempt.stripe_payment_intent_id and intent_id != attempt.stripe_payment_intent_id:
+        raise EventRefused("another PaymentIntent than the payment's")
+    result = gateway.payment_intent_retrieve(payment_intent_id=intent_id)  # the state now, not the event's
+    try:
+        recorded = payment_attempt_record(attempt_id=attempt.pk, result=result)
+    except PaymentResultMismatch as exc:
+        raise EventRefused(exc.message) from exc
+    return StripeEventStatus.PROCESSED, f"payment {attempt.pk} is {recorded.status}"
+
+
+def _refunds(event_type: str, obj: dict) -> tuple[str, str]:
+    refunds = obj.get("refunds", {}).get("data", []) if event_type == "charge.refunded" else [obj]
+    done = []
+    for item in refunds if isinstance(refunds, list) else []:
+        if isinstance(item, dict):
+            done.append(_refund(item))
+    return (
+        (StripeEventStatus.PROCESSED, "; ".join(done)) if done else (StripeEventStatus.IGNORED, "no refund")
+    )
+
+
+def _refund(obj: dict) -> str:
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    refund = (
+        Refund.objects.filter(pk=metadata.get("refund_id")).first()
+        if _is_uuid(metadata.get("refund_id"))
+        else None
+    ) or Refund.objects.filter(stripe_refund_id=obj.get("id") or "-").first()
+    if refund is None:
+        return f"refund {obj.get('id')} is not ours"
+    result, amount, stripe_metadata = gateway.refund_retrieve(
+        refund_id=obj.get("id") or refund.stripe_refund_id
+    )
+    if amount is not None and amount != Money(refund.amount_minor, refund.currency):
+        raise EventRefused("the refund's amount or currency differs from ours")
+    if stripe_metadata.get("refund_id") not in (None, str(refund.pk)):
+        raise EventRefused("the refund belongs to another refund of ours")
+    target = _STRIPE_REFUND_STATUS.get(result.status)
+    with transaction.atomic():
+        locked = Refund.objects.select_for_update().get(pk=refund.pk)
+        if target is not None and target != locked.status and target in _allowed_refund_moves(locked.status):
+            refund_transition(refund=locked, to=target, stripe_refund_id=result.id)
+    return f"refund {refund.pk} is {locked.status}"
+
+
+def _allowed_refund_moves(status: str) -> frozenset[str]:
+    from billing.models.payments import REFUND_TRANSITIONS
+
+    return REFUND_TRANSITIONS[status]
+
+
+def _payment_method(event_type: str, obj: dict) -> tuple[str, str]:
+    method_id = obj.get("payment_method") if event_type == "setup_intent.succeeded" else obj.get("id")
+    if not isinstance(method_id, str) or not method_id.startswith("pm_"):
+        return StripeEventStatus.IGNORED, "no payment method"
+    info, customer = gateway.payment_method_retrieve(payment_method_id=method_id)  # attached now, or not
+    owner = _owner_of_customer(customer)
+    local = PaymentMethod.objects.filter(stripe_payment_method_id=method_id).first()
+    if owner is None:
+        if local is not None:
+            local.delete()  # detached at Stripe: it can no longer be charged
+            return StripeEventStatus.PROCESSED, f"payment method {method_id} removed (detached)"
+        return StripeEventStatus.IGNORED, "not attached to a customer of ours"
+    if local is not None and local.owner_id != owner.pk:
+        raise EventRefused("the payment method is saved for another owner")
+    PaymentMethod.objects.update_or_create(
+        stripe_payment_method_id=method_id,
+        defaults={
+            "owner": owner,
+            "brand": info.brand,
+            "last4": info.last4,
+            "exp_month": info.exp_month,
+            "exp_year": info.exp_year,
+        },
+    )
+    return StripeEventStatus.PROCESSED, f"payment method {method_id} saved for owner {owner.pk}"
+
+
+def _customer(obj: dict) -> tuple[str, str]:
+    owner = _owner_of_customer(obj.get("id"))
+    if owner is None:
+        return StripeEventStatus.IGNORED, "not a customer of ours"
+    default = gateway.customer_default_payment_method(customer_id=owner.stripe_customer_id)
+    method = PaymentMethod.objects.filter(owner=owner, stripe_payment_method_id=default or "-").first()
+    if method is None or method.is_default:
+        return StripeEventStatus.PROCESSED, "default payment method unchanged"
+    with transaction.atomic():
+        PaymentMethod.objects.filter(owner=owner, is_default=True).update(is_default=False)
+        PaymentMethod.objects.filter(pk=method.pk).update(is_default=True)
+    return StripeEventStatus.PROCESSED, f"default payment method is now {method.stripe_payment_method_id}"
+
+
+def _money(obj: dict) -> Money | None:
+    amount, currency = obj.get("amount"), obj.get("currency")
+    if not isinstance(amount, int) or isinstance(amount, bool) or not isinstance(currency, str):
+        return None
+    try:
+        return from_stripe_amount(amount, currency)
+    except Exception:  # noqa: BLE001 - an unknown currency simply does not match
+        return None
+
+
+def _is_uuid(value: Any) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return value is not None
