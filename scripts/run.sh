@@ -49,6 +49,12 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ]; then
   setsid $PY -m devtools.stripe_proxy --upstream "$LOCALSTRIPE_URL" --port "$PROXY_PORT" >var/log/stripe-proxy.log 2>&1 &
   pids+=($!)
   wait_for_stripe "$STRIPE_API_BASE"
+  # localstripe delivers signed webhooks (e.g. payment_intent.succeeded after 3-D Secure) to us
+  export STRIPE_WEBHOOK_SECRET="${STRIPE_WEBHOOK_SECRET:-whsec_localstripe_demo}"
+  curl -sf -o /dev/null -X POST "$LOCALSTRIPE_URL/_config/webhooks/billing" \
+    --data-urlencode "url=http://127.0.0.1:${PORT}/webhooks/stripe/" \
+    --data-urlencode "secret=${STRIPE_WEBHOOK_SECRET}" \
+    && echo "      localstripe sends its webhooks to http://127.0.0.1:${PORT}/webhooks/stripe/"
 else
   echo "[1/5] Using real Stripe (STRIPE_SECRET_KEY is set)"
 fi
