@@ -39,11 +39,17 @@ def invoice_number_take(*, prefix: str) -> str:
     counter row stays locked until commit, and a rollback gives the number back."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("invoice_number_take must run inside the invoice's transaction")
-    sequence, _ = InvoiceNumberSequence.objects.get_or_create(prefix=prefix)
-    sequence = InvoiceNumberSequence.objects.select_for_update().get(pk=sequence.pk)
-    sequence.last_value += 1
-    sequence.save(update_fields=["last_value"])
-    return f"{prefix}-{sequence.last_value:06d}"
+    # One statement (an upsert): creates the series at 1 or increments it, and locks its row.
+    table = InvoiceNumberSequence._meta.db_table
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO "{table}" ("prefix", "last_value") VALUES (%s, 1) '
+            f'ON CONFLICT ("prefix") DO UPDATE SET "last_value" = "{table}"."last_value" + 1 '
+            'RETURNING "last_value"',
+            [prefix],
+        )
+        (value,) = cursor.fetchone()
+    return f"{prefix}-{value:06d}"
 
 
 @transaction.atomic

@@ -117,14 +117,14 @@ def subscriptions_renew_due(
     taken = 0
     while taken < limit:
         size = min(CLAIM_BATCH_SIZE, limit - taken)
-        claimed, invoices = _claim_and_renew(
+        claimed, to_charge = _claim_and_renew(
             due=due, at=at, size=size, passed_over=passed_over, report=report
         )
         if not claimed:
             break
         taken += claimed
-        for invoice in invoices:
-            _charge(invoice=invoice, report=report, at=at)
+        for invoice, method in to_charge:
+            _charge(invoice=invoice, method=method, report=report, at=at)
     if subscription_ids is None:
         stranded_renewal_invoices_charge(at=at, owner_ids=owner_ids, report=report)
     return report
@@ -132,24 +132,34 @@ def subscriptions_renew_due(
 
 def _claim_and_renew(
     *, due, at: datetime, size: int, passed_over: set, report: SweepReport
-) -> tuple[int, list[Invoice]]:
+) -> tuple[int, list[tuple[Invoice, PaymentMethod | None]]]:
     """Lock up to `size` due rows (SKIP LOCKED) and renew them in this one transaction, holding
-    the locks until it commits. Returns how many rows it claimed and the invoices to charge."""
-    invoices: list[Invoice] = []
+    the locks until it commits; each row in a savepoint of its own (`subscription_renew`'s), so
+    an error rolls back that row only. Returns how many rows it claimed and the invoices to
+    charge, each with its owner's default card."""
+    to_charge: list[tuple[Invoice, PaymentMethod | None]] = []
     with transaction.atomic():
         claimed = list(
             due.select_for_update(skip_locked=True, of=("self",))
             .exclude(pk__in=passed_over)
             .order_by("current_period_end")
-            .values_list("pk", flat=True)[:size]
+            .values_list("pk", "owner_id")[:size]
         )
-        for subscription_id in claimed:
-            invoice = _renew_one(subscription_id=subscription_id, at=at, report=report)
+        cards = {  # the owners' default cards, read once for the batch
+            method.owner_id: method
+            for method in PaymentMethod.objects.filter(
+                owner_id__in={owner_id for _, owner_id in claimed}, is_default=True
+            )
+        }
+        for subscription_id, owner_id in claimed:
+            invoice = _renew_one(
+                subscription_id=subscription_id, at=at, has_card=owner_id in cards, report=report
+            )
             if isinstance(invoice, Invoice):
-                invoices.append(invoice)
+                to_charge.append((invoice, cards.get(owner_id)))
             elif invoice is not RenewalSkipped.ENDED:  # failed, or not due: never claimed again here
                 passed_over.add(subscription_id)
-    return len(claimed), invoices
+    return len(claimed), to_charge
 
 
 def stranded_renewal_invoices_charge(
@@ -178,11 +188,12 @@ def _stranded_renewal_invoices(*, at: datetime, owner_ids=None) -> list[Invoice]
     return list(stranded[:100])
 
 
-def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> Invoice | RenewalSkipped | None:
-    """Renew one claimed row in a savepoint: an error rolls back that row only (None)."""
+def _renew_one(
+    *, subscription_id, at: datetime, has_card: bool | None, report: SweepReport
+) -> Invoice | RenewalSkipped | None:
+    """Renew one claimed row (None: it failed and was rolled back to its savepoint)."""
     try:
-        with transaction.atomic():
-            invoice = subscription_renew(subscription_id=subscription_id, at=at)
+        invoice = subscription_renew(subscription_id=subscription_id, at=at, has_card=has_card)
     except BillingError as exc:
         report.errors.append(f"{subscription_id}: {exc.code}")
         return None
@@ -197,10 +208,14 @@ def _renew_one(*, subscription_id, at: datetime, report: SweepReport) -> Invoice
     return invoice
 
 
-def _charge(*, invoice: Invoice, report: SweepReport, at: datetime) -> None:
+_LOOK_UP = object()  # `_charge`'s method not given: read the owner's default card
+
+
+def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method=_LOOK_UP) -> None:
     subscription_id = invoice.subscription_id
     try:
-        method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
+        if method is _LOOK_UP:
+            method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
         if method is None:  # counts as declined: dunning starts, the owner can add a card and pay
             dunning_decline_without_card(invoice=invoice, at=at)
             report.declined += 1
@@ -228,23 +243,28 @@ class RenewalSkipped(Enum):
     NOT_DUE = "not_due"  # another worker holds it, it is not due any more, or renewed already
 
 
-def subscription_renew(*, subscription_id, at: datetime) -> Invoice | RenewalSkipped:
+def subscription_renew(
+    *, subscription_id, at: datetime, has_card: bool | None = None
+) -> Invoice | RenewalSkipped:
     """Advance one due subscription to its next period and open that period's invoice.
 
     Returns the invoice to charge, or why there is none. A pending downgrade into a plan the car
     has meanwhile got live is dropped (the current plan renews): a car has each plan once.
+    `has_card`: whether the owner has a default card, when the caller read it already (a batch).
     """
     with transaction.atomic():
         subscription = (
             Subscription.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("offer", "price", "pending_price__offer")
+            .select_related("offer", "price", "pending_price__offer", "owner", "vehicle")
             .filter(pk=subscription_id, status__in=RENEWABLE, current_period_end__lte=at)
             .first()
         )
         if subscription is None:
             return RenewalSkipped.NOT_DUE
         period_start = subscription.current_period_end
-        no_card = not PaymentMethod.objects.filter(owner_id=subscription.owner_id, is_default=True).exists()
+        if has_card is None:
+            has_card = PaymentMethod.objects.filter(owner_id=subscription.owner_id, is_default=True).exists()
+        no_card = not has_card
         if subscription.cancel_at_period_end or (
             subscription.status == SubscriptionStatus.TRIALING and no_card
         ):
