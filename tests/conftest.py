@@ -20,7 +20,9 @@ from tests.stripe_proxy import StripeProxy
 hypothesis_settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-hypothesis_settings.load_profile("ci")
+# HYPOTHESIS_PROFILE=long: 500 examples (the model-based test reads the profile's budget too).
+hypothesis_settings.register_profile("long", parent=hypothesis_settings.get_profile("ci"), max_examples=500)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
