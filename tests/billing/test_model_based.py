@@ -853,8 +853,9 @@ def test_money_and_rights_always_agree(stripe_proxy, localstripe_url, settings):
             max_examples=MAX_EXAMPLES,
             stateful_step_count=STEPS,
             deadline=None,
-            report_multiple_bugs=False,
-            verbosity=Verbosity.verbose if os.environ.get("MODEL_VERBOSE") else Verbosity.normal,  # shrink one failure at a time: examples are slow
+            report_multiple_bugs=False,  # shrink one failure at a time: examples are slow
+            verbosity=Verbosity.verbose if os.environ.get("MODEL_VERBOSE") else Verbosity.normal,
+            # no "explain" phase: it replays a failure many times for little
             phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
