@@ -4,16 +4,23 @@ Read-only: only the payment services and the reconciler change them."""
 from __future__ import annotations
 
 import structlog
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q, Sum
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from billing.admin.display import money_column, short_id
 from billing.models import AttemptStatus, PaymentAttempt, PaymentMethod, Refund, RefundStatus
+from billing.services.payment_refunds import payment_refund
 from billing.services.payments import payment_attempt_retry_now
-from billing.services.refunds import refund_in_full_or_raise, refund_retry_now
+from billing.services.refunds import refund_in_full_or_raise, refund_retry_now, refundable_minor
 from core.admin import ReadOnlyAdmin
 from core.errors import BillingError
-from core.money import format_money
+from core.money import format_money, parse_money
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +61,20 @@ class PaymentMethodAdmin(ReadOnlyAdmin):
     list_select_related = ("owner",)
 
 
+class RefundForm(forms.Form):
+    amount = forms.CharField(
+        max_length=32, help_text="In the payment's currency, e.g. 4.99 (JPY: 500, BHD: 1.250)"
+    )
+    reason = forms.CharField(
+        max_length=200, initial="goodwill", help_text="Shown to the owner with the refund."
+    )
+    revoke_rights = forms.BooleanField(
+        required=False,
+        help_text="End what the payment bought now (a refunded unlock is revoked, a refunded period ends). "
+        "Leave unticked for a goodwill refund that keeps the features.",
+    )
+
+
 @admin.register(PaymentAttempt)
 class PaymentAttemptAdmin(ReadOnlyAdmin):
     # The client secret lets a client confirm the PaymentIntent: not shown to operators.
@@ -82,9 +103,60 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("invoice", "owner")
     date_hierarchy = "created_at"
-    readonly_fields = ("amount", "idempotency_key")
+    readonly_fields = ("amount", "idempotency_key", "refund_link")
     amount = money_column("amount_minor", description="Amount")
     actions = ("refund_in_full", "reconcile_now")
+
+    def get_urls(self):
+        refund = self.admin_site.admin_view(self.refund_view)
+        return [
+            path("<path:object_id>/refund/", refund, name="billing_paymentattempt_refund"),
+            *super().get_urls(),
+        ]
+
+    def refund_view(self, request, object_id):
+        """Full or partial refund with the entitlement policy chosen by the operator."""
+        attempt = get_object_or_404(PaymentAttempt, pk=object_id)
+        form = RefundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                amount = parse_money(form.cleaned_data["amount"], attempt.currency)
+                refund = payment_refund(
+                    payment_attempt_id=attempt.pk,
+                    amount_minor=amount.amount_minor,
+                    reason=form.cleaned_data["reason"],
+                    revoke_rights=form.cleaned_data["revoke_rights"],
+                    at=timezone.now(),
+                )
+            except BillingError as exc:
+                form.add_error("amount", exc.message)
+            else:
+                log.info(
+                    "admin_refund", attempt=str(attempt.pk), refund=str(refund.pk), operator=str(request.user)
+                )
+                self.message_user(
+                    request,
+                    f"Refund of {format_money(refund.amount_minor, refund.currency)}: {refund.status}.",
+                )
+                return redirect("admin:billing_paymentattempt_change", attempt.pk)
+        refundable = refundable_minor(payment_attempt=attempt)
+        context = {
+            **self.admin_site.each_context(request),
+            "attempt": attempt,
+            "form": form,
+            "paid": format_money(attempt.amount_minor, attempt.currency),
+            "refunded": format_money(attempt.amount_minor - refundable, attempt.currency),
+            "refundable": format_money(refundable, attempt.currency),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/billing/paymentattempt/refund.html", context)
+
+    @admin.display(description="Refund")
+    def refund_link(self, obj: PaymentAttempt) -> str:
+        if obj.status != AttemptStatus.SUCCEEDED:
+            return "—"
+        url = reverse("admin:billing_paymentattempt_refund", args=[obj.pk])
+        return format_html('<a class="button" href="{}">Refund (full or partial)…</a>', url)
 
     def get_queryset(self, request):
         succeeded = Q(refunds__status=RefundStatus.SUCCEEDED)

@@ -147,10 +147,15 @@ def entitlement_grant_admin(
 
 
 def entitlements_end(
-    *, at: datetime, subscription: Subscription | None = None, purchase: Purchase | None = None
+    *,
+    at: datetime,
+    subscription: Subscription | None = None,
+    purchase: Purchase | None = None,
+    periods_from: datetime | None = None,
 ) -> int:
     """End the entitlements of a subscription or a purchase at `at` (withdrawal, resale,
-    cancellation now). Rows starting after `at` are removed; rows covering `at` are cut."""
+    cancellation now, a refund). Rows starting after `at` are removed; rows covering `at` are cut.
+    `periods_from`: only a subscription's rows starting at or after it (one refunded period)."""
     if (subscription is None) == (purchase is None):
         raise ValueError("pass exactly one of subscription or purchase")
     rows = (
@@ -158,6 +163,8 @@ def entitlements_end(
         if subscription
         else (Entitlement.objects.filter(purchase=purchase))
     )
+    if periods_from is not None:
+        rows = rows.filter(starts_at__gte=periods_from)
     with transaction.atomic():
         vehicle_state_changed((subscription or purchase).vehicle_id)
         removed, _ = rows.filter(starts_at__gte=at).delete()

@@ -16,6 +16,7 @@ from billing.services.reconcile import reconcile_failure_record
 from billing.services.transitions import refund_transition
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode
 from core.money import Money
+from core.rounding import chargeable_step
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +44,13 @@ def refund_prepare(*, payment_attempt: PaymentAttempt, amount_minor: int, reason
         attempt = PaymentAttempt.objects.select_for_update().get(pk=payment_attempt.pk)
         if attempt.status != AttemptStatus.SUCCEEDED:
             raise BusinessRuleViolation("Only a succeeded payment can be refunded.")
+        step = chargeable_step(attempt.currency)
+        if amount_minor % step:
+            raise BusinessRuleViolation(
+                f"{attempt.currency} refunds must be a multiple of {step} minor units.",
+                code=ErrorCode.INVALID_AMOUNT,
+                details={"step_minor": step},
+            )
         if amount_minor <= 0 or amount_minor > refundable_minor(payment_attempt=attempt):
             raise BusinessRuleViolation(
                 "The refund would exceed what was paid.",
