@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django_filters",
     "django_celery_beat",
     "core",
+    "events",
     "vehicles",
     "billing",
 ]
@@ -251,6 +252,9 @@ STRIPE_RATE_LIMIT_PER_SECOND = float(
 )
 # A request that would wait longer than this for its slot is not sent: handled as a 429.
 STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS = float(os.environ.get("STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS", 10))
+
+# Outgoing events (events/): endpoints on private or local addresses only where allowed (SSRF).
+EVENTS_ALLOW_PRIVATE_URLS = env_bool("EVENTS_ALLOW_PRIVATE_URLS", not PRODUCTION)
 
 # --- Entitlement tokens ----------------------------------------------------------------
 ENTITLEMENT_TOKEN_ISSUER = os.environ.get("ENTITLEMENT_TOKEN_ISSUER", "https://billing.example.com")
