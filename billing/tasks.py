@@ -16,6 +16,7 @@ idempotency keys): two beats started by mistake still charge each period once.
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import timedelta
 
 from celery import shared_task
 from django.utils import timezone
@@ -113,6 +114,7 @@ def process_stripe_event(event_pk: int) -> str | None:
 
 
 @shared_task(base=DeadLetterTask, **_limits("process_pending_stripe_events"))
-def process_pending_stripe_events() -> int:
-    """Inbox rows a lost task left behind, or backed off after an error."""
-    return stripe_events_process_pending()
+def process_pending_stripe_events(older_than_seconds: int = 30) -> int:
+    """Process the inbox: woken right after deliveries (`older_than_seconds=0`), and every minute
+    for rows a lost message left behind or backed off after an error."""
+    return stripe_events_process_pending(older_than=timedelta(seconds=older_than_seconds))

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.gateways import stripe as gateway
@@ -37,10 +37,12 @@ from billing.models import (
 from billing.services.reconcile import reconcile_failure_record
 from billing.services.transitions import refund_transition, stripe_event_transition
 from core.money import Money
+from core.redis import redis_client, redis_key
 from core.rounding import from_stripe_amount
 from vehicles.models import Owner
 
 log = structlog.get_logger(__name__)
+KICK_MS = 200  # a burst of deliveries wakes the processor at most five times a second
 
 PAYMENT_INTENT_EVENTS = {
     "payment_intent.succeeded",
@@ -94,25 +96,62 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str | None) -> t
         "object_id": str(obj.get("id", ""))[:255],
         "payload": event,
     }
+    event_id = event["id"][:255]
+    inserted = _inbox_insert(event_id=event_id, fields=fields)
+    if inserted is not None:
+        transaction.on_commit(_kick_processing, robust=True)
+        return inserted, True
+    return StripeEvent.objects.get(stripe_event_id=event_id), False
+
+
+def _inbox_insert(*, event_id: str, fields: dict) -> StripeEvent | None:
+    """Insert the event unless its id is there already: one statement (`INSERT ... ON CONFLICT DO
+    NOTHING RETURNING`) on PostgreSQL, so concurrent duplicates never collide. None: a duplicate."""
+    if connection.vendor != "postgresql":
+        try:
+            with transaction.atomic():
+                row, created = StripeEvent.objects.get_or_create(stripe_event_id=event_id, defaults=fields)
+        except IntegrityError:
+            return None
+        return row if created else None
+    row = StripeEvent(stripe_event_id=event_id, **fields)
+    values = {
+        field.column: field.get_db_prep_save(field.pre_save(row, add=True), connection)
+        for field in StripeEvent._meta.concrete_fields
+        if not field.primary_key
+    }
+    columns = ", ".join(connection.ops.quote_name(c) for c in values)
+    placeholders = ", ".join(["%s"] * len(values))
+    table = connection.ops.quote_name(StripeEvent._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "
+        "ON CONFLICT (stripe_event_id) DO NOTHING RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(values.values()))
+        returned = cursor.fetchone()
+    if returned is None:
+        return None
+    row.pk = returned[0]
+    return row
+
+
+def _kick_processing() -> None:
+    """Wake the processor after commit. Debounced through Redis (one SET NX per event, at most
+    one Celery message per `KICK_MS`): a burst of deliveries is processed in batches. Without
+    Redis, or if the broker is down, the sweep every minute picks the rows up."""
+    from billing.tasks import process_pending_stripe_events
+
+    client = redis_client()
+    if client is None:
+        return
     try:
-        with transaction.atomic():
-            row, was_created = StripeEvent.objects.get_or_create(
-                stripe_event_id=event["id"][:255], defaults=fields
+        if client.set(redis_key("stripe-events:kick"), "1", nx=True, px=KICK_MS):
+            process_pending_stripe_events.apply_async(
+                kwargs={"older_than_seconds": 0}, countdown=KICK_MS / 1000
             )
-            if was_created:
-                transaction.on_commit(lambda: _enqueue(row.pk))
-    except IntegrityError:  # a concurrent duplicate won the unique id
-        return StripeEvent.objects.get(stripe_event_id=event["id"][:255]), False
-    return row, was_created
-
-
-def _enqueue(event_pk: int) -> None:
-    from billing.tasks import process_stripe_event
-
-    try:
-        process_stripe_event.delay(event_pk)
-    except Exception:  # noqa: BLE001 - the broker is down: the pending sweep picks the row up
-        log.warning("stripe_event_enqueue_failed", stripe_event=event_pk)
+    except Exception:  # noqa: BLE001 - the pending sweep processes the rows anyway
+        log.warning("stripe_event_kick_failed")
 
 
 def stripe_event_process(*, event_pk: int) -> StripeEvent:
