@@ -29,6 +29,7 @@ from billing.services.renewals import (
     stranded_renewal_invoices_charge,
     subscriptions_renew_due,
 )
+from billing.services.stripe_reconciliation import ReconciliationAlreadyRunning, stripe_reconcile
 from billing.services.webhooks import stripe_event_process_isolated, stripe_events_process_pending
 from core.idempotency import idempotency_records_purge
 from core.task_failures import DeadLetterTask
@@ -40,6 +41,7 @@ RENEWAL_CHUNK_SIZE = 50  # subscriptions per chunk task: a few seconds of work w
 TIME_LIMITS = {
     "reconcile_payments": 240,
     "reconcile_refunds": 240,
+    "reconcile_with_stripe": 280,  # a long backlog is worked over several runs (see the service)
     "purge_idempotency_records": 120,
     "flush_expired_tokens": 120,
     "renew_due_subscriptions": 120,
@@ -63,6 +65,22 @@ def reconcile_payments() -> dict:
 @shared_task(base=DeadLetterTask, **_limits("reconcile_refunds"))
 def reconcile_refunds() -> int:
     return refunds_reconcile()
+
+
+@shared_task(base=DeadLetterTask, **_limits("reconcile_with_stripe"))
+def reconcile_with_stripe(trigger: str = "schedule") -> dict:
+    """Daily: page Stripe's events and objects since the cursor, repair what was never delivered,
+    report each difference in a `ReconciliationRun`. One run at a time: a second one returns."""
+    try:
+        run = stripe_reconcile(trigger=trigger)
+    except ReconciliationAlreadyRunning:
+        return {"already_running": True}
+    return {
+        "run": run.pk,
+        "status": run.status,
+        "found": run.differences_found,
+        "repaired": run.differences_repaired,
+    }
 
 
 @shared_task(base=DeadLetterTask, **_limits("purge_idempotency_records"))

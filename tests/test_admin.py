@@ -253,6 +253,7 @@ def test_new_price_version_is_added_on_the_offer_page(admin_client, admin_data):
         "dunning_retry_days": offer.dunning_retry_days,
         "unpaid_cancel_days": offer.unpaid_cancel_days,
         "transfer_policy": offer.transfer_policy,
+        "dispute_policy": offer.dispute_policy,
         "included_months_with_new_car": 0,
         "is_active": "on",
         "features": [f.pk for f in offer.features.all()],

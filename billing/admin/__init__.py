@@ -5,6 +5,26 @@ read-only here: it changes through the services only. The catalog is editable; a
 immutable once created (a new version is a new row).
 """
 
-from billing.admin import catalog, clocks, entitlements, invoices, payments, subscriptions, tax, webhooks
+from billing.admin import (
+    catalog,
+    clocks,
+    disputes,
+    entitlements,
+    invoices,
+    payments,
+    subscriptions,
+    tax,
+    webhooks,
+)
 
-__all__ = ["catalog", "clocks", "entitlements", "invoices", "payments", "subscriptions", "tax", "webhooks"]
+__all__ = [
+    "catalog",
+    "clocks",
+    "disputes",
+    "entitlements",
+    "invoices",
+    "payments",
+    "subscriptions",
+    "tax",
+    "webhooks",
+]

@@ -94,10 +94,11 @@ class OfferAdmin(admin.ModelAdmin):
         "tier",
         "included_months_with_new_car",
         "transfer_policy",
+        "dispute_policy",
         "is_active",
         "feature_codes",
     )
-    list_filter = ("kind", "interval", "is_active", "transfer_policy", "features__category")
+    list_filter = ("kind", "interval", "is_active", "transfer_policy", "dispute_policy", "features__category")
     search_fields = ("code", "name", "features__code")
     filter_horizontal = ("features",)
     inlines = (PriceHistoryInline, NewPriceInline)

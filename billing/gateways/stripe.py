@@ -34,9 +34,10 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Literal, Protocol
 
 import stripe
@@ -485,6 +486,119 @@ def refund_retrieve(*, refund_id: str) -> tuple[RefundResult, Money | None, dict
     except stripe.StripeError as exc:
         raise _translate(exc, write=False) from exc
     return RefundResult(id=refund.id, status=refund.status), _amount(refund), _metadata(refund)
+
+
+# -- reconciliation and disputes: read-only (billing/services/stripe_reconciliation.py, disputes.py)
+@dataclass(frozen=True, slots=True)
+class RefundRecord:
+    """A refund as listed by Stripe. `amount` is Stripe's, converted back: check it."""
+
+    id: str
+    status: str
+    amount: Money | None
+    payment_intent_id: str | None
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeInfo:
+    """A dispute as Stripe holds it. `status`: Stripe's (needs_response, under_review, won, lost...)."""
+
+    id: str
+    status: str
+    reason: str
+    amount: Money | None
+    payment_intent_id: str | None
+    charge_id: str | None
+
+
+def _since(created_after: datetime) -> int:
+    if created_after.utcoffset() is None:
+        raise ValueError("created_after must be timezone-aware.")
+    return calendar.timegm((created_after - CLOCK_SKEW_ALLOWANCE).utctimetuple())
+
+
+def events_list(*, created_after: datetime) -> Iterator[dict[str, Any]]:
+    """Every event Stripe created since `created_after` (Stripe keeps 30 days), as plain JSON data
+    like a webhook's body. Pages lazily; a failed page raises `PaymentProviderUnavailable`."""
+    params = {"created": {"gte": _since(created_after)}, "limit": 100}
+    try:
+        for event in _client().v1.events.list(params).auto_paging_iter():
+            yield event.to_dict(for_json=True)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+
+
+def payment_intents_list(*, created_after: datetime) -> Iterator[ChargeResult]:
+    """PaymentIntents created since `created_after`. localstripe filters by nothing: we page
+    through all of them and filter here (fit for tests only, like the metadata look-up)."""
+    since = _since(created_after)
+    params: dict[str, Any] = {"limit": 100}
+    if not uses_localstripe():
+        params["created"] = {"gte": since}
+    try:
+        for intent in _client().v1.payment_intents.list(params).auto_paging_iter():
+            if intent.created >= since:
+                yield _charge_result(intent)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+
+
+def refunds_list(*, created_after: datetime) -> Iterator[RefundRecord]:
+    """Refunds created since `created_after` (filtered here for localstripe, as above)."""
+    since = _since(created_after)
+    params: dict[str, Any] = {"limit": 100}
+    if not uses_localstripe():
+        params["created"] = {"gte": since}
+    try:
+        for refund in _client().v1.refunds.list(params).auto_paging_iter():
+            if refund.created >= since:
+                yield RefundRecord(
+                    id=refund.id,
+                    status=refund.status,
+                    amount=_amount(refund),
+                    payment_intent_id=_id_of(_get(refund, "payment_intent")),
+                    metadata=_metadata(refund),
+                )
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+
+
+def dispute_retrieve(*, dispute_id: str) -> DisputeInfo | None:
+    """A dispute as Stripe holds it now. None with localstripe, which has no disputes: the
+    caller then works from the verified event's copy."""
+    if uses_localstripe():
+        return None
+    try:
+        dispute = _client().v1.disputes.retrieve(dispute_id)
+    except stripe.StripeError as exc:
+        raise _translate(exc, write=False) from exc
+    return dispute_info(dispute)
+
+
+def dispute_info(dispute: Any) -> DisputeInfo:
+    """A dispute object (Stripe's, or a webhook's JSON copy) as our `DisputeInfo`."""
+    if isinstance(dispute, dict):
+        dispute = SimpleNamespace(**{k: v for k, v in dispute.items() if isinstance(k, str)})
+    return DisputeInfo(
+        id=str(_get(dispute, "id") or ""),
+        status=str(_get(dispute, "status") or ""),
+        reason=str(_get(dispute, "reason") or ""),
+        amount=_amount(dispute),
+        payment_intent_id=_id_of(_get(dispute, "payment_intent")),
+        charge_id=_id_of(_get(dispute, "charge")),
+    )
+
+
+def _id_of(value: Any) -> str | None:
+    """An object reference: its id, whether Stripe sent the id or the expanded object."""
+    if value is None or isinstance(value, str):
+        return value
+    found = value.get("id") if isinstance(value, dict) else _get(value, "id")
+    return found if isinstance(found, str) else None
+
+
+# -- end reconciliation and disputes
 
 
 # -- mapping Stripe objects ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from billing.models.catalog import Feature, Offer, Price
 from billing.models.clocks import TestClock, TestClockOwner
 from billing.models.credit_notes import CreditNote, CreditNoteLine
+from billing.models.disputes import Dispute, DisputeStatus, DisputeSuspension
 from billing.models.entitlements import Entitlement, EntitlementSource
 from billing.models.invoices import (
     Invoice,
@@ -16,6 +17,7 @@ from billing.models.payments import (
     Refund,
     RefundStatus,
 )
+from billing.models.reconciliation import ReconciliationRun, ReconciliationRunStatus
 from billing.models.subscriptions import (
     Purchase,
     PurchaseStatus,
@@ -31,6 +33,9 @@ __all__ = [
     "CreditNote",
     "CreditNoteLine",
     "CustomerTaxProfile",
+    "Dispute",
+    "DisputeStatus",
+    "DisputeSuspension",
     "Entitlement",
     "EntitlementSource",
     "Feature",
@@ -46,6 +51,8 @@ __all__ = [
     "Price",
     "Purchase",
     "PurchaseStatus",
+    "ReconciliationRun",
+    "ReconciliationRunStatus",
     "Refund",
     "RefundStatus",
     "StripeEvent",

@@ -50,6 +50,10 @@ class Offer(models.Model):
         STAYS_WITH_VEHICLE = "stays_with_vehicle", "Stays with the vehicle"
         ENDS_ON_TRANSFER = "ends_on_transfer", "Ends when the vehicle is sold"
 
+    class DisputePolicy(models.TextChoices):
+        SUSPEND = "suspend", "Suspend the features while a dispute is open"
+        KEEP = "keep", "Keep the features during a dispute"
+
     code = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=128)
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -58,6 +62,13 @@ class Offer(models.Model):
     features = models.ManyToManyField(Feature, related_name="offers")
     transfer_policy = models.CharField(
         max_length=24, choices=TransferPolicy.choices, default=TransferPolicy.STAYS_WITH_VEHICLE
+    )
+    dispute_policy = models.CharField(
+        max_length=16,
+        choices=DisputePolicy.choices,
+        default=DisputePolicy.SUSPEND,
+        help_text="When a payment for this offer is disputed: suspend its features until the outcome "
+        "(won: restored, lost: revoked), or keep them.",
     )
     included_months_with_new_car = models.PositiveSmallIntegerField(
         default=0, help_text="Months included free from the vehicle's delivery date (0: none)."

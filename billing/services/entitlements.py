@@ -7,7 +7,7 @@ Every grant is idempotent (database constraints + get_or_create), so a retried t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Q
@@ -170,3 +170,38 @@ def entitlements_end(
         removed, _ = rows.filter(starts_at__gte=at).delete()
         cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
     return removed + cut
+
+
+# -- disputes (billing/services/disputes.py decides which rows; the writes are here) -------------
+def entitlements_suspend(*, entitlement_ids: list, at: datetime) -> list[tuple[Entitlement, datetime | None]]:
+    """End these entitlements at `at` while a dispute is open; returns each suspended row with
+    its original end (None: perpetual), to put back if the dispute is won. Rows already over
+    at `at` are left alone; a row that has not started yet keeps an empty-as-possible period
+    (it ends one microsecond after its start: a period may not be empty)."""
+    suspended = []
+    with transaction.atomic():
+        rows = Entitlement.objects.select_for_update().filter(pk__in=entitlement_ids).order_by("pk")
+        for entitlement in rows:
+            if entitlement.ends_at is not None and entitlement.ends_at <= at:
+                continue
+            original = entitlement.ends_at
+            entitlement.ends_at = max(at, entitlement.starts_at + timedelta(microseconds=1))
+            entitlement.save(update_fields=["ends_at"])
+            suspended.append((entitlement, original))
+            vehicle_state_changed(entitlement.vehicle_id)
+    return suspended
+
+
+def entitlement_restore(*, entitlement_id, suspended_ends_at: datetime, ends_at: datetime | None) -> bool:
+    """Put back the end a dispute suspension took away, unless something else has ended the row
+    since (then its current end stands). Returns whether it was restored."""
+    with transaction.atomic():
+        entitlement = Entitlement.objects.select_for_update().filter(pk=entitlement_id).first()
+        if entitlement is None or entitlement.ends_at != suspended_ends_at:
+            return False
+        if ends_at is not None and ends_at <= entitlement.starts_at:
+            return False
+        entitlement.ends_at = ends_at
+        entitlement.save(update_fields=["ends_at"])
+        vehicle_state_changed(entitlement.vehicle_id)
+    return True

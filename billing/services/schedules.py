@@ -18,6 +18,11 @@ SCHEDULES = {
         IntervalSchedule.MINUTES,
     ),
     "reconcile refunds": ("billing.tasks.reconcile_refunds", 5, IntervalSchedule.MINUTES),
+    "reconcile with stripe (events never delivered)": (
+        "billing.tasks.reconcile_with_stripe",
+        1,
+        IntervalSchedule.DAYS,
+    ),
     "purge idempotency records": ("billing.tasks.purge_idempotency_records", 1, IntervalSchedule.HOURS),
     "flush expired tokens": ("billing.tasks.flush_expired_tokens", 1, IntervalSchedule.DAYS),
 }

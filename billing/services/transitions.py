@@ -9,9 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from billing.models import Invoice, PaymentAttempt, Purchase, Refund, StripeEvent, Subscription
+from billing.models import (
+    Dispute,
+    Invoice,
+    PaymentAttempt,
+    Purchase,
+    ReconciliationRun,
+    Refund,
+    StripeEvent,
+    Subscription,
+)
+from billing.models.disputes import DISPUTE_TRANSITIONS
 from billing.models.invoices import INVOICE_TRANSITIONS, InvoiceStatus
 from billing.models.payments import ATTEMPT_TRANSITIONS, REFUND_TRANSITIONS
+from billing.models.reconciliation import RECONCILIATION_RUN_TRANSITIONS
 from billing.models.subscriptions import PURCHASE_TRANSITIONS, SUBSCRIPTION_TRANSITIONS
 from billing.models.webhooks import STRIPE_EVENT_TRANSITIONS
 from core.states import transition_apply
@@ -43,3 +54,11 @@ def purchase_transition(*, purchase: Purchase, to: str, **changes: Any) -> bool:
 
 def stripe_event_transition(*, event: StripeEvent, to: str, **changes: Any) -> bool:
     return transition_apply(event, table=STRIPE_EVENT_TRANSITIONS, to=to, changes=changes)
+
+
+def dispute_transition(*, dispute: Dispute, to: str, **changes: Any) -> bool:
+    return transition_apply(dispute, table=DISPUTE_TRANSITIONS, to=to, changes=changes)
+
+
+def reconciliation_run_transition(*, run: ReconciliationRun, to: str, **changes: Any) -> bool:
+    return transition_apply(run, table=RECONCILIATION_RUN_TRANSITIONS, to=to, changes=changes)

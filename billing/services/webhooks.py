@@ -54,6 +54,7 @@ PAYMENT_INTENT_EVENTS = {
 REFUND_EVENTS = {"charge.refunded", "refund.updated", "refund.created", "charge.refund.updated"}
 PAYMENT_METHOD_EVENTS = {"payment_method.attached", "payment_method.detached", "setup_intent.succeeded"}
 CUSTOMER_EVENTS = {"customer.updated"}
+DISPUTE_EVENTS = {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed"}
 _STRIPE_REFUND_STATUS = {
     "succeeded": RefundStatus.SUCCEEDED,
     "failed": RefundStatus.FAILED,
@@ -84,6 +85,12 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str | None) -> t
     event = gateway.webhook_event_verify(
         payload=payload, signature_header=signature_header, secret=webhook_secrets()
     )
+    return stripe_event_store(event=event)
+
+
+def stripe_event_store(*, event: dict[str, Any], enqueue: bool = True) -> tuple[StripeEvent, bool]:
+    """Write a verified event (a delivery, or one the reconciliation fetched from Stripe) to the
+    inbox once; its processing is enqueued on commit unless the caller processes it itself."""
     data = event.get("data") if isinstance(event.get("data"), dict) else {}
     obj = data.get("object") if isinstance(data.get("object"), dict) else {}
     created = event.get("created")
@@ -99,7 +106,8 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str | None) -> t
     event_id = event["id"][:255]
     inserted = _inbox_insert(event_id=event_id, fields=fields)
     if inserted is not None:
-        transaction.on_commit(_kick_processing, robust=True)
+        if enqueue:
+            transaction.on_commit(_kick_processing, robust=True)
         return inserted, True
     return StripeEvent.objects.get(stripe_event_id=event_id), False
 
@@ -219,6 +227,8 @@ def _handle(row: StripeEvent) -> tuple[str, str]:
         return _payment_method(row.type, obj)
     if row.type in CUSTOMER_EVENTS:
         return _customer(obj)
+    if row.type in DISPUTE_EVENTS:
+        return _dispute(obj)
     return StripeEventStatus.IGNORED, f"type {row.type} is not handled"
 
 
@@ -336,6 +346,25 @@ def _customer(obj: dict) -> tuple[str, str]:
         PaymentMethod.objects.filter(owner=owner, is_default=True).update(is_default=False)
         PaymentMethod.objects.filter(pk=method.pk).update(is_default=True)
     return StripeEventStatus.PROCESSED, f"default payment method is now {method.stripe_payment_method_id}"
+
+
+# -- disputes (billing/services/disputes.py) ------------------------------------------------------
+def _dispute(obj: dict) -> tuple[str, str]:
+    """The dispute as Stripe holds it now (localstripe has none: the verified event's copy)."""
+    from billing.services.disputes import DisputeRefused, dispute_record
+
+    dispute_id = obj.get("id")
+    if not isinstance(dispute_id, str) or not dispute_id:
+        return StripeEventStatus.IGNORED, "no dispute"
+    info = gateway.dispute_retrieve(dispute_id=dispute_id) or gateway.dispute_info(obj)
+    try:
+        dispute = dispute_record(info=info)
+    except DisputeRefused as exc:
+        raise EventRefused(exc.message) from exc
+    return StripeEventStatus.PROCESSED, f"dispute {dispute.stripe_dispute_id} is {dispute.status}"
+
+
+# -- end disputes
 
 
 def _money(obj: dict) -> Money | None:
