@@ -15,7 +15,8 @@ import traceback
 from datetime import datetime
 
 import structlog
-from celery import Task, current_app
+from celery import current_app
+from celery.contrib.django.task import DjangoTask
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -77,7 +78,7 @@ def task_failure_retry(*, failure: TaskFailure) -> None:
         transaction.on_commit(lambda: current_app.send_task(name, args=args, kwargs=kwargs))
 
 
-def _delivery_count(task: Task) -> int:
+def _delivery_count(task: DjangoTask) -> int:
     """How many times this try of this task was delivered (1 unless a worker died under it)."""
     client = redis_client()
     request = task.request
@@ -90,9 +91,10 @@ def _delivery_count(task: Task) -> int:
     return int(pipe.execute()[0])
 
 
-class DeadLetterTask(Task):
-    """Base of the billing tasks: retried on error with a bounded countdown, then dead-lettered;
-    never redelivered more than `MAX_REDELIVERIES` times after its worker was lost."""
+class DeadLetterTask(DjangoTask):
+    """Base of the billing tasks (a `DjangoTask`: `delay_on_commit`): retried on error with a
+    bounded countdown, then dead-lettered; never run again after its worker was lost more than
+    `MAX_REDELIVERIES` times under it."""
 
     autoretry_for = (Exception,)
     max_retries = MAX_TRIES - 1
