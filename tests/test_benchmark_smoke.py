@@ -118,3 +118,61 @@ def test_client_credentials_authenticate_their_vehicles():
         assert scheme == "Vehicle"
         vins.add(vehicle_credential_verify(key_id=key_id, secret=secret).vehicle.vin)
     assert vins == {bench_vin(i) for i in (0, 6, 12, 18, 24)}
+
+
+# -- benchmarks/renewals.py ------------------------------------------------------------------------
+def test_renewals_summary_is_the_machine_readable_last_line():
+    from benchmarks.renewals import RunResult, duplicate_charges, format_table, summary_line
+
+    results = [
+        RunResult("local", 1, 1000, 1000, 2.0, 40_000, 0, 0, 0),
+        RunResult("local", 2, 1000, 1000, 1.25, 40_500, 0, 0, 0),
+        RunResult("e2e", 1, 100, 100, 4.2, 4_000, 0, 0, 0),
+    ]
+    assert duplicate_charges(["a", "b", "a", "a", "c"]) == 2
+    assert summary_line(results) == (
+        "local_renewals_per_s=800 e2e_renewals_per_s=23.8 queries_per_renewal=40.5 duplicate_charges=0"
+    )
+    lines = format_table(results).splitlines()
+    assert lines[0].split()[:3] == ["mode", "workers", "subscriptions"]
+    assert lines[3].split()[:6] == ["local", "2", "1,000", "1,000", "1.2", "800"]
+
+
+def test_renewals_cli_bounds():
+    from benchmarks.renewals import parse_args
+
+    args = parse_args([])
+    assert (args.subscriptions, args.workers, args.e2e_subscriptions, args.rate) == (
+        10_000,
+        [1, 2, 4],
+        250,
+        25.0,
+    )
+    assert parse_args(["--subscriptions", "40", "--workers", "2"]).e2e_subscriptions == 40
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "two"])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.stripe
+def test_renewals_benchmark_sweeps_a_tiny_fleet_once_in_two_processes(stripe_proxy, settings):
+    """The benchmark's own run with N=12 and two sweeping processes, proxy answering."""
+    import os
+
+    from benchmarks.renewals import run_once
+
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "STRIPE_API_BASE": stripe_proxy.url,
+        "STRIPE_SECRET_KEY": "",
+        "STRIPE_MAX_NETWORK_RETRIES": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    result = run_once(mode="local", workers=2, subscriptions=12, proxy=stripe_proxy, env=env, rate=25)
+
+    assert (result.renewed, result.duplicate_charges, result.rate_limited, result.errors) == (12, 0, 0, 0)
+    assert 0 < result.queries_per_renewal < 60
