@@ -6,6 +6,7 @@ signed here, as Stripe would sign them; the disputed PaymentIntents are real loc
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 from django.urls import reverse
@@ -142,6 +143,30 @@ def test_closed_before_created_ends_in_the_same_state_and_never_reopens(paid_unl
     assert case.lost_minor == (attempt.amount_minor if outcome == "lost" else 0)
     assert (seats(vehicle).ends_at is None) is (outcome == "won")
     assert ("heated_seats" in vehicle_feature_codes(vehicle)) is (outcome == "won")
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [*order, outcome]
+        for outcome in ("won", "lost")
+        for order in itertools.permutations(["needs_response", "under_review", outcome])
+    ],
+    ids=lambda order: ">".join(order),
+)
+def test_any_order_of_a_disputes_events_ends_in_the_state_of_its_outcome(paid_unlock, order):
+    """R10 for disputes: whatever order created/updated/closed come in (and a repeat of the last)."""
+    vehicle, attempt = paid_unlock
+    types = {"needs_response": "created", "under_review": "updated"}
+
+    for status in order:
+        send(f"charge.dispute.{types.get(status, 'closed')}", dispute(attempt, status=status))
+
+    outcome = order[-1]
+    case = Dispute.objects.get()
+    assert (case.status, case.stripe_status) == (outcome, outcome)
+    assert case.lost_minor == (attempt.amount_minor if outcome == "lost" else 0)
+    assert (seats(vehicle).ends_at is None) is (outcome == "won")
 
 
 def test_a_closed_dispute_never_reopens_nor_changes_its_outcome(paid_unlock):
