@@ -100,6 +100,24 @@ def refund_execute(*, refund_id) -> Refund:
     return refund
 
 
+def refund_settle(*, refund_id, to: str, stripe_refund_id: str) -> Refund:
+    """Record the state Stripe holds for a refund (a webhook, the reconciliation), once, through
+    the transition table, with the credit note of a success, as `refund_execute` does."""
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().select_related("payment_attempt").get(pk=refund_id)
+        if to != refund.status and refund_transition(
+            refund=refund,
+            to=to,
+            stripe_refund_id=stripe_refund_id or refund.stripe_refund_id,
+            next_reconcile_at=None,
+        ):
+            if to == RefundStatus.SUCCEEDED:
+                credit_note_for_refund_create(refund=refund, at=timezone.now())
+            elif refund.status == RefundStatus.FAILED and hasattr(refund, "credit_note"):
+                log.error("refund_failed_after_success", refund=str(refund.pk))  # an operator reverses it
+    return refund
+
+
 def refund_execute_safely(*, refund_id) -> None:
     """`refund_execute` for `on_commit` callbacks: after a commit nothing may raise; a refund
     that could not be sent stays pending and the reconciler finishes it."""

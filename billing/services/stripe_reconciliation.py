@@ -47,8 +47,8 @@ from billing.models import (
     StripeEventStatus,
 )
 from billing.models.payments import REFUND_TRANSITIONS
-from billing.services.credit_notes import credit_note_for_refund_create
-from billing.services.transitions import reconciliation_run_transition, refund_transition
+from billing.services.refunds import refund_settle
+from billing.services.transitions import reconciliation_run_transition
 from billing.services.webhooks import (
     CUSTOMER_EVENTS,
     DISPUTE_EVENTS,
@@ -379,14 +379,10 @@ def _refund_compare(*, refund: Refund, record: gateway.RefundRecord, report: _Re
 
 
 def _refund_settle(*, refund_id: uuid.UUID, to: str, stripe_refund_id: str) -> Refund:
-    """Record the state Stripe holds, with the credit note of a success (as `refund_execute` does)."""
-    with transaction.atomic():
-        refund = Refund.objects.select_for_update().select_related("payment_attempt").get(pk=refund_id)
-        if to != refund.status and to in REFUND_TRANSITIONS[refund.status]:
-            refund_transition(refund=refund, to=to, stripe_refund_id=stripe_refund_id, next_reconcile_at=None)
-            if to == RefundStatus.SUCCEEDED:
-                credit_note_for_refund_create(refund=refund, at=timezone.now())
-    return refund
+    """Record the state Stripe holds, with the credit note of a success (`refunds.refund_settle`)."""
+    if to not in REFUND_TRANSITIONS[Refund.objects.get(pk=refund_id).status]:
+        return Refund.objects.get(pk=refund_id)
+    return refund_settle(refund_id=refund_id, to=to, stripe_refund_id=stripe_refund_id)
 
 
 # -- 4. invoices --------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from billing.models import (
     StripeEventStatus,
 )
 from billing.services.reconcile import reconcile_failure_record
-from billing.services.transitions import refund_transition, stripe_event_transition
+from billing.services.refunds import refund_settle
+from billing.services.transitions import stripe_event_transition
 from core.money import Money
 from core.redis import redis_client, redis_key
 from core.rounding import from_stripe_amount
@@ -294,11 +295,10 @@ def _refund(obj: dict) -> str:
     if stripe_metadata.get("refund_id") not in (None, str(refund.pk)):
         raise EventRefused("the refund belongs to another refund of ours")
     target = _STRIPE_REFUND_STATUS.get(result.status)
-    with transaction.atomic():
-        locked = Refund.objects.select_for_update().get(pk=refund.pk)
-        if target is not None and target != locked.status and target in _allowed_refund_moves(locked.status):
-            refund_transition(refund=locked, to=target, stripe_refund_id=result.id)
-    return f"refund {refund.pk} is {locked.status}"
+    if target is not None and target in _allowed_refund_moves(Refund.objects.get(pk=refund.pk).status):
+        refund = refund_settle(refund_id=refund.pk, to=target, stripe_refund_id=result.id)  # + credit note
+    refund.refresh_from_db()
+    return f"refund {refund.pk} is {refund.status}"
 
 
 def _allowed_refund_moves(status: str) -> frozenset[str]:

@@ -15,8 +15,16 @@ import uuid
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
-from billing.models import AttemptStatus, Entitlement, PaymentAttempt, PaymentMethod, StripeEvent
+from billing.models import (
+    AttemptStatus,
+    Entitlement,
+    PaymentAttempt,
+    PaymentMethod,
+    RefundStatus,
+    StripeEvent,
+)
 from billing.services.webhooks import stripe_event_process, stripe_events_process_pending
 from tests.billing.api_helpers import CARD_3DS, add_card, catalog_world, localstripe_card, owner_client, post
 from tests.concurrency import run_concurrently
@@ -273,3 +281,44 @@ def test_payment_method_events_follow_what_stripe_holds_now(stripe_proxy, locals
     stripe_events_process_pending(older_than=__import__("datetime").timedelta(0))
 
     assert PaymentMethod.objects.filter(owner=owner, stripe_payment_method_id=pm).exists()
+
+
+@pytest.mark.django_db
+def test_a_refund_settled_by_webhook_gets_its_credit_note(stripe_proxy):
+    from billing.gateways import stripe as gateway
+    from billing.models import CreditNote
+    from billing.services.customers import payment_method_add
+    from billing.services.purchases import purchase_create
+    from billing.services.refunds import refund_prepare
+    from core.money import Money
+
+    owner, vehicle = catalog_world()
+    payment_method_add(owner=owner, stripe_payment_method_id="pm_card_visa", make_default=True)
+    attempt = purchase_create(
+        owner=owner,
+        vehicle=vehicle,
+        offer_code="heated_seats_unlock",
+        payment_method_id=None,
+        at=timezone.now(),
+    ).attempt
+    refund = refund_prepare(payment_attempt=attempt, amount_minor=2_000, reason="goodwill")
+    at_stripe = gateway.refund_create(  # Stripe refunded; our process died before recording it
+        payment_intent_id=attempt.stripe_payment_intent_id,
+        amount=Money(2_000, "EUR"),
+        idempotency_key=refund.idempotency_key,
+        metadata={"refund_id": str(refund.pk)},
+    )
+    body = event_body(
+        "refund.updated", {"id": at_stripe.id, "object": "refund", "metadata": {"refund_id": str(refund.pk)}}
+    )
+
+    deliver(body, sign(body))
+    row = stripe_event_process(event_pk=StripeEvent.objects.get().pk)
+
+    refund.refresh_from_db()
+    assert (row.status, refund.status, refund.stripe_refund_id) == (
+        "processed",
+        RefundStatus.SUCCEEDED,
+        at_stripe.id,
+    )
+    assert CreditNote.objects.filter(refund=refund).count() == 1
