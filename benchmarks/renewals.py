@@ -373,7 +373,7 @@ def run_once(*, mode: str, workers: int, subscriptions: int, proxy, env: dict, r
         mode=mode,
         workers=workers,
         subscriptions=subscriptions,
-        renewed=sum(o["renewed"] for o in outputs),
+        renewed=paid,  # this run's fleet (a sweep also charges invoices an earlier run left stranded)
         seconds=seconds,
         queries=sum(o["queries"] for o in outputs),
         duplicate_charges=duplicate_charges([c.form.get("metadata[invoice_id]", "") for c in creates])
