@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import transaction
 
 from billing.models import Invoice, InvoiceStatus, PaymentMethod, Subscription, SubscriptionStatus
+from billing.services import outbound_events
 from billing.services.entitlements import entitlements_end, entitlements_grant_grace
 from billing.services.transitions import invoice_transition, subscription_transition
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode
@@ -61,6 +62,7 @@ def dunning_start(*, subscription: Subscription, invoice: Invoice, at: datetime)
         next_retry_at=at + timedelta(days=schedule[0]) if schedule else None,
         grace_until=grace_until,
     )
+    outbound_events.dunning_started(subscription=subscription, invoice=invoice)  # outbox
     period_start = invoice.period_start or at
     until = min(grace_until, invoice.period_end) if invoice.period_end else grace_until
     if until > period_start:
@@ -244,6 +246,7 @@ def unpaid_subscriptions_cancel_due(*, at: datetime, limit: int = 200, owner_ids
             for invoice in subscription.invoices.select_for_update().filter(status=InvoiceStatus.OPEN):
                 invoice_transition(invoice=invoice, to=InvoiceStatus.UNCOLLECTIBLE, at=at)
             entitlements_end(subscription=subscription, at=at)
+            outbound_events.subscription_canceled(subscription)  # outbox
             canceled += 1
     return canceled
 
@@ -270,6 +273,7 @@ def trial_reminders_due(*, at: datetime, limit: int = 500, owner_ids=None) -> in
         )
         ids = list(rows.values_list("pk", flat=True)[:limit])
         Subscription.objects.filter(pk__in=ids).update(trial_reminder_sent_at=at)
+        outbound_events.trials_ending(subscription_ids=ids)  # outbox
     for subscription_id in ids:
         log.info("trial.ending", subscription=str(subscription_id))
     return len(ids)

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from billing.models import Entitlement, EntitlementSource, Feature, Offer, Purchase, Subscription
+from billing.services import outbound_events
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Vehicle
 from vehicles.state_cache import vehicle_state_changed
@@ -52,6 +53,7 @@ def entitlements_grant_for_subscription_period(
             entitlement.source, entitlement.ends_at = EntitlementSource.SUBSCRIPTION, period_end
             entitlement.save(update_fields=["source", "ends_at"])
         granted.append(entitlement)
+    outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(subscription.vehicle_id)
     return granted
 
@@ -75,6 +77,7 @@ def entitlements_grant_grace(
             },
         )
         granted.append(entitlement)
+    outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(subscription.vehicle_id)
     return granted
 
@@ -96,6 +99,7 @@ def entitlements_grant_for_purchase(*, purchase: Purchase, starts_at: datetime) 
             },
         )
         granted.append(entitlement)
+    outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(purchase.vehicle_id)
     return granted
 
@@ -117,10 +121,12 @@ def entitlements_grant_included(
             defaults={"ends_at": ends_at},
         )
         granted.append(entitlement)
+    outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(vehicle.pk)
     return granted
 
 
+@transaction.atomic
 def entitlement_grant_admin(
     *,
     vehicle: Vehicle,
@@ -135,7 +141,7 @@ def entitlement_grant_admin(
     if not reason.strip():
         raise ValidationError("A comp grant needs a reason (it is kept for audit).")
     vehicle_state_changed(vehicle.pk)
-    return Entitlement.objects.create(
+    entitlement = Entitlement.objects.create(
         vehicle=vehicle,
         feature=feature,
         source=EntitlementSource.GRANT,
@@ -144,6 +150,8 @@ def entitlement_grant_admin(
         starts_at=starts_at,
         ends_at=ends_at,
     )
+    outbound_events.entitlements_granted([entitlement])  # outbox
+    return entitlement
 
 
 def entitlements_end(
@@ -169,6 +177,8 @@ def entitlements_end(
         vehicle_state_changed((subscription or purchase).vehicle_id)
         removed, _ = rows.filter(starts_at__gte=at).delete()
         cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
+        if removed + cut:  # outbox
+            outbound_events.entitlements_revoked(at=at, subscription=subscription, purchase=purchase)
     return removed + cut
 
 

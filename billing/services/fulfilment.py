@@ -20,6 +20,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from billing.services import outbound_events
 from billing.services.dunning import dunning_clear, dunning_retry_failed, dunning_start
 from billing.services.entitlements import (
     entitlements_end,
@@ -80,6 +81,7 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
         purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
         purchase_transition(purchase=purchase, to=PurchaseStatus.PAID, paid_at=at)
         entitlements_grant_for_purchase(purchase=purchase, starts_at=at)
+        outbound_events.invoice_paid(invoice)  # outbox
         return
     subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
     if invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
@@ -93,6 +95,7 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
         )
     elif invoice.kind == InvoiceKind.PLAN_CHANGE:
         _apply_plan_change(subscription=subscription, invoice=invoice, at=at)
+    outbound_events.invoice_paid(invoice)  # outbox
 
 
 def _apply_plan_change(*, subscription: Subscription, invoice: Invoice, at: datetime) -> None:
@@ -106,6 +109,7 @@ def _apply_plan_change(*, subscription: Subscription, invoice: Invoice, at: date
     entitlements_grant_for_subscription_period(
         subscription=subscription, period_start=at, period_end=subscription.current_period_end
     )
+    outbound_events.subscription_updated(subscription, change="plan_changed")  # outbox
 
 
 def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
@@ -127,6 +131,7 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
                 subscription=subscription, to=SubscriptionStatus.CANCELED, canceled_at=at, ended_at=at
             )
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
+            outbound_events.subscription_canceled(subscription)  # outbox
         elif subscription.status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
             # A renewal was declined: the invoice stays open for dunning, no paid period is granted.
             dunning_start(subscription=subscription, invoice=invoice, at=at)
@@ -134,3 +139,4 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
             dunning_retry_failed(subscription=subscription, at=at)
         elif subscription.status == SubscriptionStatus.CANCELED and invoice.status == InvoiceStatus.OPEN:
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
+    outbound_events.payment_failed(invoice)  # outbox

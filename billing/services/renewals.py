@@ -31,6 +31,7 @@ from billing.models import (
     SubscriptionStatus,
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from billing.services import outbound_events
 from billing.services.checkout import invoice_charge
 from billing.services.clocks import owners_on_test_clocks
 from billing.services.dunning import dunning_decline_without_card
@@ -273,6 +274,7 @@ def subscription_renew(
                 subscription=subscription, to=SubscriptionStatus.CANCELED, ended_at=period_start
             )
             entitlements_end(subscription=subscription, at=period_start)
+            outbound_events.subscription_canceled(subscription)  # outbox
             return RenewalSkipped.ENDED
         if subscription.pending_price_id:
             target = subscription.pending_price.offer

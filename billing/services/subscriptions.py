@@ -24,6 +24,7 @@ from billing.models import (
     SubscriptionStatus,
     TrialUsage,
 )
+from billing.services import outbound_events
 from billing.services.catalog import offer_for_vehicle
 from billing.services.checkout import CheckoutOutcome, invoice_charge
 from billing.services.coverage import coverage_check, plan_clash_check, vehicle_reserve
@@ -116,6 +117,7 @@ def subscription_start(
             invoice = subscription_period_invoice_create(
                 subscription=subscription, period_start=at, period_end=period_end, at=at
             )
+            outbound_events.subscription_created(subscription)  # outbox
     except IntegrityError as exc:
         raise BusinessRuleViolation(
             "This vehicle already has this plan (or had its trial).", code=ErrorCode.ALREADY_SUBSCRIBED
@@ -154,6 +156,7 @@ def _start_trial(
             TrialUsage(vehicle=vehicle, feature=feature, subscription=subscription, started_at=at)
             for feature in offer.features.all()
         )
+        outbound_events.subscription_created(subscription)  # outbox
         entitlements_grant_for_subscription_period(
             subscription=subscription, period_start=at, period_end=trial_end
         )
@@ -175,6 +178,7 @@ def subscription_cancel(*, owner: Owner, subscription_id, at: datetime) -> Subsc
         subscription = subscription_of_owner(owner=owner, subscription_id=subscription_id, for_update=True)
         subscription.cancel_at_period_end, subscription.canceled_at = True, at
         subscription.save(update_fields=["cancel_at_period_end", "canceled_at", "updated_at"])
+        outbound_events.subscription_updated(subscription, change="cancel_at_period_end")  # outbox
     return subscription
 
 
@@ -211,6 +215,7 @@ def subscription_end_now(*, subscription: Subscription, at: datetime) -> Subscri
         ):
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
         entitlements_end(subscription=subscription, at=at)
+        outbound_events.subscription_canceled(subscription)  # outbox
     return subscription
 
 
@@ -227,6 +232,7 @@ def subscription_resume(*, owner: Owner, subscription_id, at: datetime) -> Subsc
             )
         subscription.cancel_at_period_end, subscription.canceled_at = False, None
         subscription.save(update_fields=["cancel_at_period_end", "canceled_at", "updated_at"])
+        outbound_events.subscription_updated(subscription, change="resumed")  # outbox
     return subscription
 
 
@@ -319,6 +325,7 @@ def subscription_change_apply(
             if preview.kind == "downgrade":
                 subscription.pending_offer_id, subscription.pending_price = target.pk, preview.new_price
                 subscription.save(update_fields=["pending_offer", "pending_price", "updated_at"])
+                outbound_events.subscription_updated(subscription, change="downgrade_scheduled")  # outbox
                 return CheckoutOutcome(status="scheduled", subscription=subscription)
             if subscription.invoices.filter(kind=InvoiceKind.PLAN_CHANGE, status=InvoiceStatus.OPEN).exists():
                 raise _awaiting_plan_change()

@@ -28,6 +28,7 @@ from billing.models import (
     Subscription,
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from billing.services import outbound_events
 from billing.services.entitlements import entitlements_end
 from billing.services.payments import payment_attempts_abandon_for
 from billing.services.refunds import refund_execute_safely, refund_prepare, refundable_minor
@@ -128,6 +129,7 @@ def transfer_claim(*, new_owner: Owner, vin: str, code: str, at: datetime) -> Ve
             transfer=transfer, to=VehicleTransfer.Status.COMPLETED, to_owner=new_owner, completed_at=at
         )
         refund_ids = _release_seller_rights(vehicle=vehicle, seller_id=transfer.from_owner_id, at=at)
+        outbound_events.vehicle_transferred(vehicle=vehicle, new_owner_id=new_owner.pk, at=at)  # outbox
         # After commit nothing may raise: a refund that cannot be sent now is finished by the reconciler.
         transaction.on_commit(
             lambda: [refund_execute_safely(refund_id=refund_id) for refund_id in refund_ids]

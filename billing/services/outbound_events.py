@@ -1,0 +1,206 @@
+"""The billing events the carmaker's systems receive, built here and recorded in the outbox
+(`events.services.event_record`) inside the transaction of the change they describe.
+
+Each function is called by one billing service at the point the change happens, with the rows
+already locked, and records after those locks (the outbox's per-vehicle counter is the last lock
+a transaction takes). Events of one vehicle share its id as ordering key: the receiver gets them
+in commit order. Payloads carry ids, the VIN, feature codes, amounts as `{amount_minor, currency}`
+and ISO 8601 UTC times; never secrets, card data or the personal data of an owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import structlog
+from django.db import transaction
+
+from billing.models import Entitlement, Feature, Invoice, Subscription
+from events.models import EventType
+from events.services import event_record
+from vehicles.models import Vehicle
+
+log = structlog.get_logger(__name__)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _money(amount_minor: int, currency: str) -> dict:
+    return {"amount_minor": int(amount_minor), "currency": currency}
+
+
+def _vehicle(vehicle_id) -> dict | None:
+    if vehicle_id is None:
+        return None
+    vin = Vehicle.objects.filter(pk=vehicle_id).values_list("vin", flat=True).first()
+    return {"id": str(vehicle_id), "vin": vin}
+
+
+def _record(event_type: str, *, vehicle_id, data: dict) -> None:
+    """Record in a savepoint of the caller's transaction. An event that cannot be recorded is
+    logged and the change goes on: fulfilment after a successful charge must never fail (it
+    would refund the customer) because a message to another system could not be written."""
+    try:
+        with transaction.atomic():
+            event_record(
+                type=event_type,
+                payload={"vehicle": _vehicle(vehicle_id), **data},
+                ordering_key=str(vehicle_id) if vehicle_id else None,
+            )
+    except Exception:
+        log.exception("outbound_event_not_recorded", type=event_type, vehicle=str(vehicle_id))
+
+
+def _subscription(subscription: Subscription) -> dict:
+    price = subscription.price
+    return {
+        "id": str(subscription.pk),
+        "owner_id": subscription.owner_id,
+        "status": subscription.status,
+        "offer": subscription.offer.code,
+        "features": sorted(subscription.offer.features.values_list("code", flat=True)),
+        "price": _money(price.amount_minor, price.currency),
+        "interval": subscription.offer.interval,
+        "current_period_start": _iso(subscription.current_period_start),
+        "current_period_end": _iso(subscription.current_period_end),
+        "trial_end": _iso(subscription.trial_end),
+        "cancel_at_period_end": subscription.cancel_at_period_end,
+        "pending_offer": subscription.pending_offer.code if subscription.pending_offer_id else None,
+        "canceled_at": _iso(subscription.canceled_at),
+        "ended_at": _iso(subscription.ended_at),
+    }
+
+
+def _invoice(invoice: Invoice) -> dict:
+    return {
+        "id": str(invoice.pk),
+        "number": invoice.number,
+        "kind": invoice.kind,
+        "status": invoice.status,
+        "owner_id": invoice.owner_id,
+        "total": _money(invoice.total_minor, invoice.currency),
+        "tax": _money(invoice.tax_minor, invoice.currency),
+        "subscription_id": str(invoice.subscription_id) if invoice.subscription_id else None,
+        "purchase_id": str(invoice.purchase_id) if invoice.purchase_id else None,
+        "period_start": _iso(invoice.period_start),
+        "period_end": _iso(invoice.period_end),
+        "paid_at": _iso(invoice.paid_at),
+    }
+
+
+def entitlements_granted(entitlements: Iterable[Entitlement]) -> None:
+    """`entitlement.granted`: the rows one grant created or extended, one event per vehicle."""
+    rows = list(entitlements)
+    codes = dict(Feature.objects.filter(pk__in={e.feature_id for e in rows}).values_list("pk", "code"))
+    for vehicle_id in dict.fromkeys(e.vehicle_id for e in rows):
+        mine = [e for e in rows if e.vehicle_id == vehicle_id]
+        _record(
+            EventType.ENTITLEMENT_GRANTED,
+            vehicle_id=vehicle_id,
+            data={
+                "features": sorted({codes[e.feature_id] for e in mine}),
+                "entitlements": [
+                    {
+                        "id": str(e.pk),
+                        "feature": codes[e.feature_id],
+                        "source": e.source,
+                        "subscription_id": str(e.subscription_id) if e.subscription_id else None,
+                        "purchase_id": str(e.purchase_id) if e.purchase_id else None,
+                        "starts_at": _iso(e.starts_at),
+                        "ends_at": _iso(e.ends_at),
+                    }
+                    for e in mine
+                ],
+            },
+        )
+
+
+def entitlements_revoked(*, at: datetime, subscription=None, purchase=None) -> None:
+    """`entitlement.revoked`: a subscription's or a purchase's features end at `at`."""
+    source = subscription or purchase
+    _record(
+        EventType.ENTITLEMENT_REVOKED,
+        vehicle_id=source.vehicle_id,
+        data={
+            "features": sorted(source.offer.features.values_list("code", flat=True)),
+            "subscription_id": str(subscription.pk) if subscription else None,
+            "purchase_id": str(purchase.pk) if purchase else None,
+            "ends_at": _iso(at),
+        },
+    )
+
+
+def _subscription_event(event_type: str, subscription: Subscription, change: str = "") -> None:
+    data = {"subscription": _subscription(subscription)}
+    if change:
+        data["change"] = change
+    _record(event_type, vehicle_id=subscription.vehicle_id, data=data)
+
+
+def subscription_created(subscription: Subscription) -> None:
+    """`subscription.created`: trialing, or incomplete until its first payment (`invoice.paid`)."""
+    _subscription_event(EventType.SUBSCRIPTION_CREATED, subscription)
+
+
+def subscription_updated(subscription: Subscription, *, change: str) -> None:
+    """`subscription.updated`; `change` says what: cancel_at_period_end, resumed, plan_changed,
+    downgrade_scheduled."""
+    _subscription_event(EventType.SUBSCRIPTION_UPDATED, subscription, change)
+
+
+def subscription_canceled(subscription: Subscription) -> None:
+    _subscription_event(EventType.SUBSCRIPTION_CANCELED, subscription)
+
+
+def invoice_paid(invoice: Invoice) -> None:
+    """`invoice.paid`, with the subscription as it is once paid (active, its new period)."""
+    data = {"invoice": _invoice(invoice)}
+    if invoice.subscription_id:
+        subscription = Subscription.objects.select_related("offer", "price", "pending_offer").get(
+            pk=invoice.subscription_id
+        )
+        data["subscription"] = _subscription(subscription)
+    _record(EventType.INVOICE_PAID, vehicle_id=invoice.vehicle_id, data=data)
+
+
+def payment_failed(invoice: Invoice) -> None:
+    """`payment.failed`: a payment of `invoice` was declined."""
+    _record(EventType.PAYMENT_FAILED, vehicle_id=invoice.vehicle_id, data={"invoice": _invoice(invoice)})
+
+
+def dunning_started(*, subscription: Subscription, invoice: Invoice) -> None:
+    _record(
+        EventType.DUNNING_STARTED,
+        vehicle_id=subscription.vehicle_id,
+        data={
+            "subscription": _subscription(subscription),
+            "invoice": _invoice(invoice),
+            "grace_until": _iso(subscription.grace_until),
+            "next_retry_at": _iso(subscription.next_retry_at),
+        },
+    )
+
+
+def trials_ending(*, subscription_ids: Iterable) -> None:
+    """`trial.ending`: one event per trial that will end within the reminder lead time."""
+    rows = Subscription.objects.select_related("offer", "price", "pending_offer").filter(
+        pk__in=list(subscription_ids)
+    )
+    for subscription in rows.order_by("trial_end", "pk"):
+        _record(
+            EventType.TRIAL_ENDING,
+            vehicle_id=subscription.vehicle_id,
+            data={"subscription": _subscription(subscription), "trial_end": _iso(subscription.trial_end)},
+        )
+
+
+def vehicle_transferred(*, vehicle: Vehicle, new_owner_id: int, at: datetime) -> None:
+    """`vehicle.transferred`: the car has a new owner (only the new owner's id is sent)."""
+    _record(
+        EventType.VEHICLE_TRANSFERRED,
+        vehicle_id=vehicle.pk,
+        data={"owner_id": new_owner_id, "transferred_at": _iso(at)},
+    )
