@@ -32,7 +32,7 @@ from billing.services.fulfilment import (
     invoice_fulfil_paid,
     invoice_undeliverable_reason,
 )
-from billing.services.reconcile import reconcile_failure_record
+from billing.services.reconcile import reconcile_failure_record, reconcile_retry_now
 from billing.services.refunds import refund_execute_safely, refund_prepare, refundable_minor
 from billing.services.transitions import invoice_transition, payment_attempt_transition
 from core.errors import BillingError, Conflict, ErrorCode
@@ -370,14 +370,9 @@ def payment_attempts_reconcile(
 
 def payment_attempt_retry_now(*, attempt_id) -> PaymentAttempt:
     """An operator's "retry now" on a dead-lettered or backed-off row."""
-    PaymentAttempt.objects.filter(pk=attempt_id).update(
-        dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
+    return reconcile_retry_now(
+        model=PaymentAttempt, pk=attempt_id, work=lambda: payment_attempt_refresh(attempt_id=attempt_id)
     )
-    try:
-        return payment_attempt_refresh(attempt_id=attempt_id)
-    except Exception as exc:
-        reconcile_failure_record(model=PaymentAttempt, pk=attempt_id, error=exc, at=timezone.now())
-        raise
 
 
 def payment_attempts_abandon_for(*, invoices, block_on_unknown: bool = True) -> None:

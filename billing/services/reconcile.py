@@ -9,16 +9,20 @@ reason and a "retry now" action, and the reconciler leaves it alone until then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from django.conf import settings
 from django.db import models, transaction
+from django.utils import timezone
 
 from billing.gateways import stripe as gateway
 
 log = structlog.get_logger(__name__)
 MAX_BACKOFF = timedelta(days=1)
+T = TypeVar("T")
 
 
 def reconcile_max_failures() -> int:
@@ -53,3 +57,16 @@ def reconcile_failure_record(*, model: type[models.Model], pk, error: BaseExcept
         failures=row.reconcile_failures,
         dead_lettered=row.dead_lettered_at is not None,
     )
+
+
+def reconcile_retry_now(*, model: type[models.Model], pk, work: Callable[[], T]) -> T:
+    """An operator's "retry now": clear the row's back-off and dead letter, then `work()`; an error
+    is recorded on the row again (and re-raised for the operator to see)."""
+    model.objects.filter(pk=pk).update(
+        dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
+    )
+    try:
+        return work()
+    except Exception as exc:
+        reconcile_failure_record(model=model, pk=pk, error=exc, at=timezone.now())
+        raise

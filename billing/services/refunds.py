@@ -12,7 +12,7 @@ from django.utils import timezone
 from billing.gateways import stripe as gateway
 from billing.models import AttemptStatus, PaymentAttempt, Refund, RefundStatus
 from billing.services.credit_notes import credit_note_for_refund_create
-from billing.services.reconcile import reconcile_failure_record
+from billing.services.reconcile import reconcile_failure_record, reconcile_retry_now
 from billing.services.transitions import refund_transition
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode
 from core.money import Money
@@ -153,14 +153,7 @@ def refunds_reconcile(*, older_than: timedelta = timedelta(minutes=2), limit: in
 
 def refund_retry_now(*, refund_id) -> Refund:
     """An operator's "retry now" on a dead-lettered or backed-off refund (same key)."""
-    Refund.objects.filter(pk=refund_id).update(
-        dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
-    )
-    try:
-        return refund_execute(refund_id=refund_id)
-    except Exception as exc:
-        reconcile_failure_record(model=Refund, pk=refund_id, error=exc, at=timezone.now())
-        raise
+    return reconcile_retry_now(model=Refund, pk=refund_id, work=lambda: refund_execute(refund_id=refund_id))
 
 
 def refund_in_full_or_raise(*, payment_attempt: PaymentAttempt, reason: str) -> Refund | None:
