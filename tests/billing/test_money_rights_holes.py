@@ -285,6 +285,10 @@ def test_a_poisoned_row_never_stalls_the_reconciler_and_ends_in_the_dead_letter(
     poisoned.refresh_from_db()
     assert poisoned.dead_lettered_at is not None
     assert payments.payment_attempts_reconcile(older_than=dt.timedelta(0), at=at + dt.timedelta(days=9)) == {}
+    PaymentAttempt.objects.filter(pk=poisoned.pk).update(payment_method=method)  # an operator fixes it
+    assert payments.payment_attempt_retry_now(attempt_id=poisoned.pk).status == AttemptStatus.SUCCEEDED
+    poisoned.refresh_from_db()
+    assert (poisoned.dead_lettered_at, poisoned.reconcile_failures) == (None, 0)
 
 
 def _active_plan_world():
