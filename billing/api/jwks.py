@@ -24,7 +24,7 @@ class PublicJWKSerializer(serializers.Serializer):
     crv = serializers.CharField(help_text='Curve, always "Ed25519".')
     x = serializers.CharField(help_text="Public key, base64url.")
     kid = serializers.CharField(help_text="RFC 7638 thumbprint; matches the token header `kid`.")
-    alg = serializers.CharField(help_text='Algorithm, always "Ed25519" (RFC 9864).')
+    alg = serializers.CharField(help_text='Algorithm, always "EdDSA" (RFC 8037; the curve is `crv`).')
     use = serializers.CharField(help_text='Always "sig".')
 
 
@@ -39,7 +39,7 @@ _EXAMPLE = {
             "crv": "Ed25519",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
             "kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k",
-            "alg": "Ed25519",
+            "alg": "EdDSA",
             "use": "sig",
         }
     ]
@@ -56,7 +56,8 @@ class JWKSView(APIView):
         operation_id="jwks_retrieve",
         summary="Public keys of offline entitlement tokens",
         description=(
-            "JWK Set of the Ed25519 keys (alg `Ed25519`, RFC 9864) that sign offline entitlement tokens. "
+            "JWK Set of the Ed25519 keys (OKP, `crv: Ed25519`, `alg: EdDSA`, RFC 8037) that sign offline "
+            "entitlement tokens. "
             "A key is published here before it signs its first token and stays until every token it "
             "signed has expired. Select the key by the token's `kid`; accept no other algorithm. "
             f"Cacheable for {CACHE_SECONDS} seconds."

@@ -1,9 +1,11 @@
-"""Offline entitlement tokens: compact JWS signed with Ed25519 (RFC 7515, RFC 8037, RFC 9864).
+"""Offline entitlement tokens: compact JWS signed with Ed25519 (RFC 7515, RFC 8037: `alg: EdDSA`,
+OKP keys with `crv: Ed25519`).
 
 A car caches the JWKS and checks, without network, which features it may use. The
 verifier below is the reference of what the car's SDK does, following RFC 8725: one
 pinned algorithm, the key chosen by `kid` from the JWKS only, explicit `typ`, and
-every time and audience claim required.
+every time and audience claim required. Any JOSE library verifies the tokens too when it is told
+the same: joserfc, PyJWT and jwcrypto (tests/billing/test_token_interop.py, README).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.conf import settings
 from joserfc import jws, jwt
 from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
 from joserfc.jwk import OKPKey
+from joserfc.util import json_b64encode, urlsafe_b64decode, urlsafe_b64encode
 
 from billing.services.signing_keys import ALGORITHM, CURVE, KEY_TYPE, signing_key_for_signing
 from core.errors import BillingError, ErrorCode, ValidationError
@@ -60,13 +63,23 @@ class IssuedToken:
     expires_at: datetime
 
 
+# joserfc's RFC 8037 implementation, used directly: looked up by name, joserfc warns on every token
+# that RFC 9864 deprecates the name `EdDSA` (the signature is the same; the curve is pinned by the key).
+_EDDSA = jws.JWSRegistry.algorithms[ALGORITHM]
+
 _private_keys: dict[str, OKPKey] = {}  # kid -> parsed key; a kid names one key forever
 
 
 def _private_key(kid: str, private_jwk: dict) -> OKPKey:
     if kid not in _private_keys:
-        _private_keys[kid] = OKPKey.import_key(private_jwk)
+        # Without its stored `alg`: keys created before the switch to `EdDSA` say `Ed25519`.
+        _private_keys[kid] = OKPKey.import_key({k: v for k, v in private_jwk.items() if k != "alg"})
     return _private_keys[kid]
+
+
+def _sign_compact(header: dict[str, Any], claims: dict[str, Any], key: OKPKey) -> str:
+    signing_input = json_b64encode(header) + b"." + json_b64encode(claims)
+    return (signing_input + b"." + urlsafe_b64encode(_EDDSA.sign(signing_input, key))).decode("ascii")
 
 
 def _unix(value: datetime) -> int:
@@ -108,7 +121,7 @@ def offline_token_issue(
     }
     header = {"alg": ALGORITHM, "kid": key.kid, "typ": TOKEN_TYPE}
     private_key = _private_key(key.kid, key.private_jwk)
-    token = jwt.encode(header, claims, private_key, algorithms=[ALGORITHM])
+    token = _sign_compact(header, claims, private_key)
     return IssuedToken(token=token, kid=key.kid, jti=jti, issued_at=issued_at, expires_at=expires_at)
 
 
@@ -189,8 +202,9 @@ def offline_token_verify(
         raise TokenInvalid("unsupported_header")
     key = _verification_key(jwks, header.get("kid"))
     try:
-        valid = jws.validate_compact(obj, key, algorithms=[ALGORITHM])
-    except JoseError as error:
+        signing_input = obj.segments["header"] + b"." + obj.segments["payload"]
+        valid = _EDDSA.verify(signing_input, urlsafe_b64decode(obj.segments["signature"]), key)
+    except (JoseError, KeyError, TypeError, ValueError) as error:
         raise TokenInvalid("bad_signature") from error
     if not valid:
         raise TokenInvalid("bad_signature")

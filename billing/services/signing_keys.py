@@ -23,8 +23,12 @@ from core.models import SigningKey
 
 logger = structlog.get_logger(__name__)
 
-#: The only JWS algorithm of our tokens: fully specified Ed25519 (RFC 9864), OKP keys (RFC 8037).
-ALGORITHM = "Ed25519"
+#: The only JWS algorithm of our tokens: Ed25519 signatures over OKP keys with `crv: Ed25519`, named
+#: `EdDSA` as RFC 8037 does. RFC 9864's fully specified name `Ed25519` means the same signature, but
+#: PyJWT does not know it and joserfc accepts neither name without being told; `EdDSA` with the
+#: curve pinned in the JWK is what joserfc, PyJWT and jwcrypto all verify
+#: (tests/billing/test_token_interop.py).
+ALGORITHM = "EdDSA"
 KEY_TYPE = "OKP"
 CURVE = "Ed25519"
 

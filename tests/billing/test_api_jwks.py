@@ -29,7 +29,7 @@ def test_jwks_is_public_and_cacheable(client):
                 "crv": "Ed25519",
                 "x": key.public_jwk["x"],
                 "kid": key.kid,
-                "alg": "Ed25519",
+                "alg": "EdDSA",
                 "use": "sig",
             }
         ]
@@ -98,5 +98,5 @@ def test_jwks_is_documented_without_auth_and_with_an_example(client):
     assert operation["operationId"] == "jwks_retrieve"
     assert "security" not in operation  # no authentication scheme required
     content = operation["responses"]["200"]["content"]["application/json"]
-    assert content["examples"]["OnePublishedKey"]["value"]["keys"][0]["alg"] == "Ed25519"
+    assert content["examples"]["OnePublishedKey"]["value"]["keys"][0]["alg"] == "EdDSA"
     assert content["schema"]["$ref"].endswith("/JWKSet")

@@ -168,7 +168,7 @@ def test_jwks_lists_public_keys_with_kid_alg_use_and_no_private_material():
     assert [k["kid"] for k in document["keys"]] == [second.kid, first.kid]
     for jwk in document["keys"]:
         assert set(jwk) == {"kty", "crv", "x", "kid", "alg", "use"}
-        assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("OKP", "Ed25519", "Ed25519", "sig")
+        assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("OKP", "Ed25519", "EdDSA", "sig")
     text = json.dumps(document)
     for key in (first, second):
         assert key.private_jwk["d"] not in text
