@@ -128,7 +128,8 @@ class EventEndpointAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the signing secret")
     def rotate_secret(self, request, queryset) -> None:
         for endpoint in queryset:
-            _show_secret(request, endpoint, endpoint_secret_rotate(endpoint=endpoint))
+            _show_secret(request, endpoint, endpoint_secret_rotate(endpoint=endpoint, at=timezone.now()))
+        self.message_user(request, "Deliveries carry a signature with the old secret too for 24 hours.")
 
 
 class DeliveryAttemptInline(admin.TabularInline):

@@ -41,6 +41,12 @@ class EventEndpoint(models.Model):
     secret = models.CharField(
         max_length=100, editable=False, help_text="Standard Webhooks signing secret (whsec_<base64>)."
     )
+    previous_secret = models.CharField(
+        max_length=100, blank=True, editable=False, help_text="The secret before the last rotation."
+    )
+    previous_secret_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Deliveries are signed with both secrets until then."
+    )
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=300, blank=True)
     disabled_at = models.DateTimeField(null=True, blank=True)
@@ -63,6 +69,13 @@ class EventEndpoint(models.Model):
 
     def wants(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
+
+    def signing_secrets(self, at) -> tuple[str, ...]:
+        """The secrets a delivery at `at` is signed with: the current one, and during the
+        overlap after a rotation the previous one too (a receiver accepts either signature)."""
+        if self.previous_secret and self.previous_secret_expires_at and at < self.previous_secret_expires_at:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 class OrderingKeySequence(models.Model):

@@ -7,6 +7,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 SCHEDULES = {
     "renew due subscriptions": ("billing.tasks.renew_due_subscriptions", 1, IntervalSchedule.MINUTES),
     "send due event deliveries": ("events.tasks.send_due_deliveries", 1, IntervalSchedule.MINUTES),
+    "purge old outbox events": ("events.tasks.purge_outbox_events", 1, IntervalSchedule.DAYS),
     "dunning: retries, unpaid cancellations, trial reminders": (
         "billing.tasks.run_dunning",
         15,

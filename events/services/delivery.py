@@ -88,7 +88,7 @@ class Claim:
     payload: dict
     endpoint_id: int
     url: str
-    secret: str
+    secrets: tuple[str, ...]
     ordering_key: str
 
 
@@ -154,7 +154,7 @@ def delivery_claim_next(
         payload=delivery.event.payload,
         endpoint_id=delivery.endpoint_id,
         url=delivery.endpoint.url,
-        secret=delivery.endpoint.secret,
+        secrets=delivery.endpoint.signing_secrets(at),
         ordering_key=delivery.ordering_key,
     )
 
@@ -172,13 +172,16 @@ def delivery_body(*, event_type: str, created_at: datetime, payload: dict) -> st
     )
 
 
-def delivery_headers(*, secret: str, msg_id: str, body: str, at: datetime) -> dict[str, str]:
+def delivery_headers(*, secrets: tuple[str, ...], msg_id: str, body: str, at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers; one `v1,` signature per secret, space-separated."""
     return {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id=msg_id, timestamp=at, data=body),
+        "webhook-signature": " ".join(
+            Webhook(secret).sign(msg_id=msg_id, timestamp=at, data=body) for secret in secrets
+        ),
     }
 
 
@@ -190,7 +193,9 @@ def delivery_send(claim: Claim) -> Outcome:
     body = delivery_body(
         event_type=claim.event_type, created_at=claim.event_created_at, payload=claim.payload
     )
-    headers = delivery_headers(secret=claim.secret, msg_id=str(claim.event_id), body=body, at=timezone.now())
+    headers = delivery_headers(
+        secrets=claim.secrets, msg_id=str(claim.event_id), body=body, at=timezone.now()
+    )
     started = time.monotonic()
     try:
         response = requests.post(

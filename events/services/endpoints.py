@@ -13,7 +13,7 @@ import base64
 import ipaddress
 import secrets
 import socket
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -24,6 +24,7 @@ from events.models import UNSETTLED_DELIVERY_STATUSES, Delivery, EventEndpoint, 
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 random bytes
+ROTATION_OVERLAP = timedelta(hours=24)
 
 
 def private_urls_allowed() -> bool:
@@ -104,11 +105,18 @@ def endpoint_update(*, endpoint: EventEndpoint, url: str, description: str, even
     endpoint.save(update_fields=["url", "description", "event_types", "updated_at"])
 
 
-def endpoint_secret_rotate(*, endpoint: EventEndpoint) -> str:
-    """A new secret, used from the next delivery on; returned once."""
+def endpoint_secret_rotate(
+    *, endpoint: EventEndpoint, at: datetime, overlap: timedelta = ROTATION_OVERLAP
+) -> str:
+    """A new secret, returned once. For `overlap` deliveries carry a signature with the old
+    secret too, so the receiver can switch to the new one without refusing anything."""
     secret = endpoint_secret_generate()
-    EventEndpoint.objects.filter(pk=endpoint.pk).update(secret=secret)
-    endpoint.secret = secret
+    with transaction.atomic():
+        locked = EventEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+        locked.previous_secret, locked.previous_secret_expires_at = locked.secret, at + overlap
+        locked.secret = secret
+        locked.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
+    endpoint.refresh_from_db()
     return secret
 
 

@@ -14,16 +14,24 @@ the event last), so that wait can never be part of a lock cycle.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
-from events.models import Delivery, EventEndpoint, EventType, OrderingKeySequence, OutboxEvent
+from events.models import (
+    UNSETTLED_DELIVERY_STATUSES,
+    Delivery,
+    EventEndpoint,
+    EventType,
+    OrderingKeySequence,
+    OutboxEvent,
+)
 
 log = structlog.get_logger(__name__)
+KEEP_EVENTS = timedelta(days=30)  # the delivery log an operator can look at and resend from
 
 _NEXT_SEQUENCE_SQL = (
     f"INSERT INTO {OrderingKeySequence._meta.db_table} (key, last_value) VALUES (%s, 1) "
@@ -86,3 +94,14 @@ def event_record(
             event_id = str(event.pk)
             transaction.on_commit(lambda: _enqueue_delivery(event_id))
     return event
+
+
+def outbox_events_purge(*, at: datetime, keep: timedelta = KEEP_EVENTS, limit: int = 5000) -> int:
+    """Delete events older than `keep` with nothing left to send (their deliveries and the log
+    go with them). The ordering-key counters stay, so sequences keep growing. Returns how many."""
+    old = OutboxEvent.objects.filter(created_at__lt=at - keep).exclude(
+        deliveries__status__in=UNSETTLED_DELIVERY_STATUSES
+    )
+    ids = list(old.values_list("pk", flat=True)[:limit])
+    OutboxEvent.objects.filter(pk__in=ids).delete()
+    return len(ids)

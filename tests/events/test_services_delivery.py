@@ -38,7 +38,14 @@ from events.services.delivery import (
     delivery_record,
     delivery_send,
 )
-from events.services.endpoints import endpoint_create, endpoint_enable, endpoint_url_validate
+from events.services.endpoints import (
+    ROTATION_OVERLAP,
+    endpoint_create,
+    endpoint_enable,
+    endpoint_secret_rotate,
+    endpoint_url_validate,
+)
+from events.services.outbox import KEEP_EVENTS, outbox_events_purge
 from tests.concurrency import run_concurrently
 
 UTC = dt.UTC
@@ -341,3 +348,41 @@ def test_payloads_are_plain_json(endpoint):
     assert event.payload == {"at": "2027-03-01T08:00:00Z", "id": str(uuid.UUID(int=1))}
     assert json.loads(json.dumps(event.payload)) == event.payload
     assert event.sequence is None
+
+
+@pytest.mark.django_db
+def test_after_a_secret_rotation_both_secrets_verify_for_a_day_then_only_the_new(receiver, endpoint):
+    old = receiver.secret
+    with time_machine.travel(START, tick=False) as traveller:
+        new = endpoint_secret_rotate(endpoint=endpoint, at=START)
+        record()
+        deliveries_send_due()
+        first = receiver.received[-1]
+        Webhook(old).verify(first.body, first.headers)  # a receiver not yet switched still accepts
+        Webhook(new).verify(first.body, first.headers)
+
+        traveller.shift(ROTATION_OVERLAP)
+        receiver.secret = new
+        record()
+        deliveries_send_due()
+        second = receiver.received[-1]
+        Webhook(new).verify(second.body, second.headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old).verify(second.body, second.headers)
+    assert new != old and all(r.verified for r in receiver.received)
+
+
+@pytest.mark.django_db
+def test_old_settled_events_are_purged_and_unsettled_ones_kept(receiver, endpoint):
+    with time_machine.travel(START, tick=False) as traveller:
+        delivered = record()
+        deliveries_send_due()
+        waiting = record(key="car-down")  # not sent yet
+        no_endpoint = event_record(type=EventType.TRIAL_ENDING, payload={}, ordering_key=None)
+        Delivery.objects.filter(event=no_endpoint).delete()
+
+        traveller.shift(KEEP_EVENTS + dt.timedelta(seconds=1))
+        assert outbox_events_purge(at=dt.datetime.now(tz=UTC)) == 2
+
+    assert list(OutboxEvent.objects.values_list("pk", flat=True)) == [waiting[0].pk]
+    assert not Delivery.objects.filter(event=delivered[0]).exists()
