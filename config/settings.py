@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "events",
     "vehicles",
     "billing",
+    "reports",
 ]
 
 MIDDLEWARE = [

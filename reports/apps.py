@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class ReportsConfig(AppConfig):
+    name = "reports"
+    verbose_name = "Reports"
+
+    def ready(self) -> None:
+        from reports.admin import add_reports_to_admin_index
+
+        add_reports_to_admin_index()
