@@ -32,3 +32,22 @@ ensure_redis() {
   for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return 0; sleep 1; done
   echo "Redis did not come up on 127.0.0.1:6379" >&2; return 1
 }
+
+# The browser test (tests/test_browser_admin.py) drives Debian's chromium through Playwright; it
+# never downloads Playwright's own browsers. Installed here when missing and we may (root).
+ensure_chromium() {
+  local bin="${CHROMIUM_PATH:-/usr/bin/chromium}"
+  if [ -x "$bin" ]; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "chromium is missing: installing it (apt-get install chromium)"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }; then
+      [ -x "$bin" ] && return 0
+    fi
+    echo "Installing chromium failed: the browser test will fail." >&2
+  else
+    echo "chromium is not installed (the browser test needs it). Install it, e.g.: sudo apt-get install chromium" >&2
+    echo "(or set CHROMIUM_PATH to a Chromium/Chrome binary)" >&2
+  fi
+  return 0  # the browser test fails loudly without it; the rest of the suite still runs
+}

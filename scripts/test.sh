@@ -9,6 +9,7 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/billing}
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/15}"
 case "$DATABASE_URL" in postgres*) ensure_postgres ;; esac
 case "$REDIS_URL" in redis*) ensure_redis ;; esac
+ensure_chromium
 
 echo "== ruff"
 .venv/bin/ruff check .

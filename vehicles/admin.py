@@ -2,6 +2,10 @@
 
 Ownership changes go through the transfer flow; the inlines only show the history.
 Credential actions live in `vehicles.admin_credentials` (the credential services' admin).
+Billing adds its inlines, summaries and actions to the vehicle and owner pages itself
+(`billing/admin/vehicle_pages.py`): this module never imports billing. Identities (VIN, the
+owner's login and Stripe customer) are read-only once saved; nothing here can be deleted from
+the admin, since a vehicle or owner carries rights and money.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from billing.admin.vehicle_actions import grant_included_offers, start_vehicle_transfer
 from vehicles.admin_credentials import issue_vehicle_credential, revoke_vehicle_credentials
 from vehicles.models import Capability, Market, Owner, Ownership, Vehicle, VehicleTransfer
 
 
+class NoDeleteAdmin(admin.ModelAdmin):
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Market)
-class MarketAdmin(admin.ModelAdmin):
+class MarketAdmin(NoDeleteAdmin):
     list_display = ("code", "name", "country", "currency", "withdrawal_period_days")
     list_filter = ("currency",)
     search_fields = ("code", "name", "country")
@@ -58,7 +66,7 @@ class OwnerOwnershipInline(OwnershipHistoryInline):
 
 
 @admin.register(Owner)
-class OwnerAdmin(admin.ModelAdmin):
+class OwnerAdmin(NoDeleteAdmin):
     list_display = (
         "display_name",
         "kind",
@@ -74,10 +82,15 @@ class OwnerAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user",)
     readonly_fields = ("stripe_customer_id", "created_at")
     inlines = (OwnerOwnershipInline,)
+    billing_readonly: tuple = ()  # set by billing.admin.vehicle_pages
+
+    def get_readonly_fields(self, request, obj=None):
+        identities = ("user",) if obj else ()
+        return (*self.readonly_fields, *identities, *self.billing_readonly)
 
 
 @admin.register(Vehicle)
-class VehicleAdmin(admin.ModelAdmin):
+class VehicleAdmin(NoDeleteAdmin):
     list_display = (
         "vin",
         "brand",
@@ -94,18 +107,19 @@ class VehicleAdmin(admin.ModelAdmin):
     filter_horizontal = ("capabilities",)
     readonly_fields = ("id", "created_at")
     inlines = (VehicleOwnershipInline,)
-    actions = (
-        issue_vehicle_credential,
-        revoke_vehicle_credentials,
-        start_vehicle_transfer,
-        grant_included_offers,
-    )
+    actions = (issue_vehicle_credential, revoke_vehicle_credentials)  # billing adds its own
+    billing_readonly: tuple = ()  # set by billing.admin.vehicle_pages
+
+    def get_readonly_fields(self, request, obj=None):
+        identities = ("vin",) if obj else ()
+        return (*identities, *self.readonly_fields, *self.billing_readonly)
 
     def get_queryset(self, request):
         current = Ownership.objects.filter(vehicle=OuterRef("pk"), ends_at__isnull=True)
         return (
             super()
             .get_queryset(request)
+            .select_related("market")
             .annotate(current_owner_name=Subquery(current.values("owner__display_name")[:1]))
         )
 

@@ -191,6 +191,9 @@ class VehicleTransfer(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"Transfer {str(self.id)[:8]} ({self.status})"
+
 
 # The one place that says which transfer status may follow which.
 TRANSFER_TRANSITIONS: dict[str, frozenset[str]] = {

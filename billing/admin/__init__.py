@@ -14,6 +14,7 @@ from billing.admin import (
     payments,
     subscriptions,
     tax,
+    vehicle_pages,
     webhooks,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "payments",
     "subscriptions",
     "tax",
+    "vehicle_pages",
     "webhooks",
 ]

@@ -106,6 +106,9 @@ class OfferAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("features")
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # sold offers must stay; retire one with "is active"
+
     @admin.display(description="Features")
     def feature_codes(self, obj: Offer) -> str:
         return ", ".join(f.code for f in obj.features.all())
@@ -127,3 +130,6 @@ class PriceAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return (*self.immutable_fields, "amount", "created_at") if obj else ()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a price is history: a new version replaces it

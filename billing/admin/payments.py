@@ -85,7 +85,7 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
         "owner",
         "amount",
         "refunded",
-        "status",
+        "state",
         "stripe_payment_intent_id",
         "error_code",
         "reconcile_failures",
@@ -103,7 +103,7 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("invoice", "owner")
     date_hierarchy = "created_at"
-    readonly_fields = ("amount", "idempotency_key", "refund_link")
+    readonly_fields = ("amount", "refunded", "state", "idempotency_key", "refund_link")
     amount = money_column("amount_minor", description="Amount")
     actions = ("refund_in_full", "reconcile_now")
 
@@ -172,6 +172,14 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
             return "—"
         share = "in full" if obj.refunded_minor >= obj.amount_minor else "partly"
         return f"{format_money(obj.refunded_minor, obj.currency)} ({share})"
+
+    @admin.display(description="State", ordering="status")
+    def state(self, obj: PaymentAttempt) -> str:
+        """The status, and once refunds succeeded, whether the payment is refunded in full or partly."""
+        refunded = getattr(obj, "refunded_minor", None) or 0
+        if obj.status == AttemptStatus.SUCCEEDED and refunded:
+            return "Refunded" if refunded >= obj.amount_minor else "Partly refunded"
+        return obj.get_status_display()
 
     @admin.action(description="Retry now: ask Stripe where these payments stand (clears the dead letter)")
     def reconcile_now(self, request, queryset) -> None:

@@ -63,3 +63,6 @@ class CreditNoteLine(models.Model):
                 name="credit_note_line_reconciles",
             ),
         ]
+
+    def __str__(self) -> str:
+        return self.description

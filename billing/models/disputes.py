@@ -81,3 +81,7 @@ class DisputeSuspension(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["dispute", "entitlement"], name="one_suspension_per_entitlement"),
         ]
+
+    def __str__(self) -> str:
+        until = f"{self.suspended_ends_at:%Y-%m-%d %H:%M}"
+        return f"Suspension of entitlement {str(self.entitlement_id)[:8]} until {until}"

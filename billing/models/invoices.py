@@ -35,6 +35,9 @@ class InvoiceNumberSequence(models.Model):
     prefix = models.CharField(max_length=16, unique=True)
     last_value = models.PositiveBigIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"{self.prefix} (last {self.last_value})"
+
 
 class InvoiceKind(models.TextChoices):
     PURCHASE = "purchase", "One-time purchase"
@@ -117,3 +120,6 @@ class InvoiceLine(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.description

@@ -8,6 +8,7 @@ from django.db import models
 
 from billing.models.invoices import Invoice
 from core.db import currency_field, valid_currency_constraint
+from core.money import format_money
 from vehicles.models import Owner
 
 
@@ -108,6 +109,9 @@ class PaymentAttempt(ReconcileState):
         ]
         indexes = [models.Index(fields=["status", "updated_at"])]
 
+    def __str__(self) -> str:
+        return f"Payment {format_money(self.amount_minor, self.currency)} ({self.status}) {str(self.id)[:8]}"
+
     @property
     def idempotency_key(self) -> str:
         return f"charge-attempt-{self.id}"
@@ -144,6 +148,9 @@ class Refund(ReconcileState):
             models.CheckConstraint(condition=models.Q(amount_minor__gt=0), name="refund_amount_positive"),
             valid_currency_constraint("currency", "refund_currency_valid"),
         ]
+
+    def __str__(self) -> str:
+        return f"Refund {format_money(self.amount_minor, self.currency)} ({self.status}) {str(self.id)[:8]}"
 
     @property
     def idempotency_key(self) -> str:

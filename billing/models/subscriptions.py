@@ -115,6 +115,10 @@ class TrialUsage(models.Model):
             models.UniqueConstraint(fields=["vehicle", "feature"], name="one_trial_per_vehicle_feature"),
         ]
 
+    def __str__(self) -> str:
+        vehicle = str(self.vehicle_id)[:8]
+        return f"Trial of feature {self.feature_id} on vehicle {vehicle} from {self.started_at:%Y-%m-%d}"
+
 
 class PurchaseStatus(models.TextChoices):
     PENDING = "pending", "Pending payment"
