@@ -8,7 +8,6 @@ No chromium is a failure, not a skip: `make test` installs it (scripts/services.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from django.core.management import call_command
