@@ -1,14 +1,15 @@
 """Sending deliveries: claim, POST (Standard Webhooks), record. At least once, in commit order
 per ordering key and endpoint, retried with backoff for three days, then dead.
 
-1. **Claim** (`delivery_claim_next`, a short transaction): the next due delivery whose endpoint
-   is enabled and that is first in line (no earlier unsettled delivery of the same key and
-   endpoint) is taken with `SELECT ... FOR UPDATE SKIP LOCKED` and leased (`claim_token`,
-   `claimed_until`), then committed. A worker that dies after this leaves a lease that expires:
-   the sweep takes the delivery again, and the receiver gets the same `webhook-id`.
+1. **Claim** (`deliveries_claim`, a short transaction): due deliveries whose endpoint is
+   enabled and that are first in line (no earlier unsettled delivery of the same key and
+   endpoint) are taken with `SELECT ... FOR UPDATE SKIP LOCKED` and leased (`claim_token`,
+   `claimed_until`), then committed; a worker sends up to `SEND_CONCURRENCY` of them at once.
+   A worker that dies after this leaves a lease that expires: the sweep takes the delivery
+   again, and the receiver gets the same `webhook-id`.
 2. **Send** (`delivery_send`, no transaction open): one POST of the event's JSON with the
    `webhook-id` (the event id), `webhook-timestamp` and `webhook-signature` headers signed with
-   the endpoint's secret by the `standardwebhooks` package; short timeouts, no redirects.
+   the endpoint's secret(s) by the `standardwebhooks` package; short timeouts, no redirects.
 3. **Record** (`delivery_record`, a new transaction, only by the lease holder): the attempt goes
    to the log; a 2xx settles the delivery; anything else schedules the next try
    (`delivery_backoff`: exponential with jitter) until `RETRY_WINDOW` after the delivery was
@@ -24,6 +25,7 @@ import json
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -58,6 +60,7 @@ READ_TIMEOUT_SECONDS = 10
 ENDPOINT_DISABLE_AFTER = timedelta(days=3)
 ENDPOINT_DISABLE_MIN_FAILURES = 5
 USER_AGENT = "billing-events/1 (Standard Webhooks)"
+SEND_CONCURRENCY = 8  # deliveries in flight per worker (to different keys or endpoints)
 
 
 def delivery_transition(*, delivery: Delivery, to: str, **changes) -> None:
@@ -116,47 +119,55 @@ def _due(at: datetime):
     )
 
 
-def delivery_claim_next(
+def deliveries_claim(
     *,
+    limit: int = 1,
     at: datetime | None = None,
     event_id=None,
     endpoint_id: int | None = None,
     ordering_key: str | None = None,
-    delivery_id: int | None = None,
-) -> Claim | None:
-    """Lease the next due, first-in-line delivery (optionally of one event, one key of one
-    endpoint, or one delivery). Own transaction, committed before anything is sent."""
+) -> list[Claim]:
+    """Lease up to `limit` due deliveries that are first in line (optionally of one event, or of
+    one key of one endpoint). First in line means no two of them share a key and an endpoint, so
+    they may be sent at the same time. Own transaction, committed before anything is sent."""
     at = at or timezone.now()
     rows = _due(at)
     if event_id is not None:
         rows = rows.filter(event_id=event_id)
     if endpoint_id is not None:
         rows = rows.filter(endpoint_id=endpoint_id, ordering_key=ordering_key or "")
-    if delivery_id is not None:
-        rows = rows.filter(pk=delivery_id)
+    token = uuid.uuid4()
     with transaction.atomic():
-        delivery = (
+        deliveries = list(
             rows.select_for_update(skip_locked=True, of=("self",))
             .select_related("event", "endpoint")
-            .order_by("next_attempt_at", "sequence", "pk")
-            .first()
+            .order_by("next_attempt_at", "sequence", "pk")[:limit]
         )
-        if delivery is None:
-            return None
-        token = uuid.uuid4()
-        Delivery.objects.filter(pk=delivery.pk).update(claim_token=token, claimed_until=at + LEASE)
-    return Claim(
-        delivery_id=delivery.pk,
-        token=token,
-        event_id=delivery.event_id,
-        event_type=delivery.event.type,
-        event_created_at=delivery.event.created_at,
-        payload=delivery.event.payload,
-        endpoint_id=delivery.endpoint_id,
-        url=delivery.endpoint.url,
-        secrets=delivery.endpoint.signing_secrets(at),
-        ordering_key=delivery.ordering_key,
-    )
+        if deliveries:
+            Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+                claim_token=token, claimed_until=at + LEASE
+            )
+    return [
+        Claim(
+            delivery_id=delivery.pk,
+            token=token,
+            event_id=delivery.event_id,
+            event_type=delivery.event.type,
+            event_created_at=delivery.event.created_at,
+            payload=delivery.event.payload,
+            endpoint_id=delivery.endpoint_id,
+            url=delivery.endpoint.url,
+            secrets=delivery.endpoint.signing_secrets(at),
+            ordering_key=delivery.ordering_key,
+        )
+        for delivery in deliveries
+    ]
+
+
+def delivery_claim_next(**scope) -> Claim | None:
+    """Lease the next due, first-in-line delivery (see `deliveries_claim`)."""
+    claims = deliveries_claim(limit=1, **scope)
+    return claims[0] if claims else None
 
 
 def _iso(moment: datetime) -> str:
@@ -298,37 +309,51 @@ class SendReport:
 
 
 def deliveries_send_due(
-    *, event_id=None, limit: int = 1000, budget: timedelta = timedelta(seconds=50)
+    *,
+    event_id=None,
+    limit: int = 1000,
+    budget: timedelta = timedelta(seconds=50),
+    concurrency: int = SEND_CONCURRENCY,
 ) -> SendReport:
-    """Send due deliveries one at a time until none is due, `limit` were sent or `budget` is
-    spent (a task's time limit). With `event_id`: that event's deliveries, and after each one
-    delivered, the deliveries of the same key and endpoint that waited behind it. A failure of
-    one delivery is recorded on it; the others go on."""
+    """Send due deliveries until none is due, `limit` were sent or `budget` is spent (a task's
+    time limit): up to `concurrency` at a time, each the first in line of its key and endpoint.
+    With `event_id`: that event's deliveries, and after each one delivered, the deliveries of
+    the same key and endpoint that waited behind it. A failure of one delivery is recorded on it;
+    the others go on."""
     report = SendReport()
     deadline = time.monotonic() + budget.total_seconds()
     scopes: list[dict] = [{"event_id": event_id}] if event_id is not None else [{}]
-    while scopes and report.sent < limit and time.monotonic() < deadline:
-        claim = delivery_claim_next(**scopes[-1])
-        if claim is None:
-            scopes.pop()
-            continue
-        try:
-            status = delivery_record(claim=claim, outcome=delivery_send(claim))
-        except Exception as exc:  # its lease expires and the sweep takes it again
-            log.exception("event_delivery_not_recorded", delivery=claim.delivery_id)
-            report.errors.append(f"{claim.delivery_id}: {type(exc).__name__}")
-            continue
-        if status is None:
-            report.lost_leases += 1
-        elif status == DeliveryStatus.DELIVERED:
-            report.delivered += 1
-            if event_id is not None and claim.ordering_key:
-                scopes.append({"endpoint_id": claim.endpoint_id, "ordering_key": claim.ordering_key})
-        elif status == DeliveryStatus.DEAD:
-            report.dead += 1
-        else:
-            report.failed += 1
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="event-delivery") as pool:
+        while scopes and report.sent < limit and time.monotonic() < deadline:
+            claims = deliveries_claim(limit=min(concurrency, limit - report.sent), **scopes[-1])
+            if not claims:
+                scopes.pop()
+                continue
+            # HTTP in the pool's threads (no database there); recording here, one transaction each
+            for claim, outcome in zip(claims, pool.map(delivery_send, claims), strict=True):
+                delivered = _record_into(report, claim=claim, outcome=outcome)
+                if delivered and event_id is not None and claim.ordering_key:
+                    scopes.append({"endpoint_id": claim.endpoint_id, "ordering_key": claim.ordering_key})
     return report
+
+
+def _record_into(report: SendReport, *, claim: Claim, outcome: Outcome) -> bool:
+    """Record one outcome and count it; True when it was delivered."""
+    try:
+        status = delivery_record(claim=claim, outcome=outcome)
+    except Exception as exc:
+        log.exception("event_delivery_not_recorded", delivery=claim.delivery_id)
+        report.errors.append(f"{claim.delivery_id}: {type(exc).__name__}")
+        return False
+    if status is None:
+        report.lost_leases += 1
+    elif status == DeliveryStatus.DELIVERED:
+        report.delivered += 1
+    elif status == DeliveryStatus.DEAD:
+        report.dead += 1
+    else:
+        report.failed += 1
+    return status == DeliveryStatus.DELIVERED
 
 
 def delivery_resend(*, delivery: Delivery, at: datetime | None = None) -> Delivery:

@@ -40,6 +40,9 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            wbufsize = 1 << 16  # the status line, headers and body leave in one write
+            disable_nagle_algorithm = True
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 status = receiver.handle(dict(self.headers.items()), body)
@@ -63,7 +66,8 @@ class Receiver:
         msg_id = {k.lower(): v for k, v in headers.items()}.get("webhook-id", "")
         with self._lock:
             seen = sum(1 for r in self.received if r.msg_id == msg_id)
-            status = self.answer(msg_id, seen) if verified else 400
+        status = self.answer(msg_id, seen) if verified else 400
+        with self._lock:
             self.received.append(Received(msg_id, headers, body, verified, status))
         return status
 
