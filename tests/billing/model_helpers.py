@@ -95,6 +95,7 @@ OFFERS = (
 ONE_TIME_OFFERS = tuple(o.code for o in OFFERS if not o.subscription)
 PLANS = tuple(o.code for o in OFFERS if o.subscription)
 PRICE = {o.code: o.amount_minor for o in OFFERS}
+OFFER_FEATURES = {o.code: frozenset(o.features) for o in OFFERS}
 FEATURES = tuple(sorted({f for o in OFFERS for f in o.features}))
 
 

@@ -106,6 +106,7 @@ from core.errors import BillingError
 from tests.billing.model_helpers import (
     CARD_3DS,
     FEATURES,
+    OFFER_FEATURES,
     ONE_TIME_OFFERS,
     PLANS,
     PRICE,
@@ -354,9 +355,14 @@ class BillingModel(RuleBasedStateMachine):
                 at=self.now,
             )
 
+        covered = features_covered_now(self.vehicle_ids[car], now=self.now)
         outcome = self._service("subscribe", call)
         if outcome is not None:
             note(f"  -> {outcome.status}")
+            assert not OFFER_FEATURES[plan] <= covered, (
+                f"sold {plan} to car {car}, which already had all of {sorted(OFFER_FEATURES[plan])} "
+                f"(covered: {sorted(covered)}): the owner pays twice (issue 7, hole 9)"
+            )
 
     def _subscription(self, pick: int) -> Subscription | None:
         if not self.subscription_ids:
@@ -382,6 +388,7 @@ class BillingModel(RuleBasedStateMachine):
             f"#{self.subscription_ids.index(subscription.pk)} ({subscription.offer.code}, "
             f"{subscription.status}) to {plan}"
         )
+        covered = features_covered_now(subscription.vehicle_id, now=self.now, excluding=subscription.pk)
         outcome = self._service(
             "change_plan",
             lambda: subscription_change_apply(
@@ -390,6 +397,10 @@ class BillingModel(RuleBasedStateMachine):
         )
         if outcome is not None:
             note(f"  -> {outcome.status}")
+            assert outcome.status == "scheduled" or not OFFER_FEATURES[plan] <= covered, (
+                f"upgraded to {plan}, whose features {sorted(OFFER_FEATURES[plan])} the car already "
+                f"had from elsewhere (covered: {sorted(covered)}): the owner pays twice"
+            )
 
     @precondition(lambda self: self.subscription_ids)
     @rule(pick=picks, to=picks)
@@ -653,6 +664,26 @@ def _tolerated(defect: str, detail: str) -> bool:
     note(f"  (open defect {defect}: {detail})")
     event(f"open defect seen: {defect}")
     return True
+
+
+def features_covered_now(vehicle_id, *, now: dt.datetime, excluding=None) -> set[str]:
+    """What the car keeps without buying anything (our model of "already entitled", issue 7
+    hole 9): perpetual rights, and the features of live plans that are not ending (set to cancel
+    or past due). Selling an offer all of whose features are in here makes the owner pay twice."""
+    covered = set(
+        Entitlement.objects.filter(
+            vehicle_id=vehicle_id, starts_at__lte=now, ends_at__isnull=True
+        ).values_list("feature__code", flat=True)
+    )
+    live = (
+        Subscription.objects.filter(vehicle_id=vehicle_id, status__in=LIVE, cancel_at_period_end=False)
+        .exclude(status=SubscriptionStatus.PAST_DUE)
+        .exclude(pk=excluding)
+        .select_related("offer")
+    )
+    for subscription in live:
+        covered |= OFFER_FEATURES[subscription.offer.code]
+    return covered
 
 
 # -- the invariants, as plain functions over the database and localstripe ---------------------------
