@@ -38,6 +38,7 @@ from billing.models import (
     PaymentAttempt,
     PurchaseStatus,
 )
+from billing.services import outbound_events
 from billing.services.entitlements import entitlement_restore, entitlements_suspend
 from billing.services.transitions import dispute_transition
 from core.errors import BillingError, ErrorCode
@@ -157,6 +158,7 @@ def _open(*, info: gateway.DisputeInfo, attempt: PaymentAttempt, at: datetime) -
             )
             for entitlement, original in entitlements_suspend(entitlement_ids=ids, at=at)
         )
+    outbound_events.dispute_opened(dispute)  # outbox
     log.warning(
         "dispute_opened",
         dispute=info.id,
@@ -183,11 +185,13 @@ def _close_won(*, dispute: Dispute, at: datetime) -> None:
             suspension.restored_at = at
             suspension.save(update_fields=["restored_at"])
     dispute_transition(dispute=dispute, to=DisputeStatus.WON, closed_at=at)
+    outbound_events.dispute_closed(dispute)  # outbox
     log.info("dispute_won", dispute=dispute.stripe_dispute_id, payment=str(attempt.pk))
 
 
 def _close_lost(*, dispute: Dispute, at: datetime) -> None:
     dispute_transition(dispute=dispute, to=DisputeStatus.LOST, closed_at=at, lost_minor=dispute.amount_minor)
+    outbound_events.dispute_closed(dispute)  # outbox
     log.warning(
         "dispute_lost",
         dispute=dispute.stripe_dispute_id,

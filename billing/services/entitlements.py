@@ -199,6 +199,7 @@ def entitlements_suspend(*, entitlement_ids: list, at: datetime) -> list[tuple[E
             entitlement.save(update_fields=["ends_at"])
             suspended.append((entitlement, original))
             vehicle_state_changed(entitlement.vehicle_id)
+        outbound_events.entitlements_suspended([row for row, _ in suspended])  # outbox
     return suspended
 
 
@@ -214,4 +215,5 @@ def entitlement_restore(*, entitlement_id, suspended_ends_at: datetime, ends_at:
         entitlement.ends_at = ends_at
         entitlement.save(update_fields=["ends_at"])
         vehicle_state_changed(entitlement.vehicle_id)
+        outbound_events.entitlements_granted([entitlement])  # outbox
     return True

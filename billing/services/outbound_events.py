@@ -204,3 +204,52 @@ def vehicle_transferred(*, vehicle: Vehicle, new_owner_id: int, at: datetime) ->
         vehicle_id=vehicle.pk,
         data={"owner_id": new_owner_id, "transferred_at": _iso(at)},
     )
+
+
+def entitlements_suspended(entitlements: Iterable[Entitlement]) -> None:
+    """`entitlement.revoked` with reason `dispute`: these rows end now while a dispute is open
+    (a won dispute grants them again)."""
+    rows = list(entitlements)
+    codes = dict(Feature.objects.filter(pk__in={e.feature_id for e in rows}).values_list("pk", "code"))
+    for vehicle_id in dict.fromkeys(e.vehicle_id for e in rows):
+        mine = [e for e in rows if e.vehicle_id == vehicle_id]
+        _record(
+            EventType.ENTITLEMENT_REVOKED,
+            vehicle_id=vehicle_id,
+            data={
+                "features": sorted({codes[e.feature_id] for e in mine}),
+                "reason": "dispute",
+                "entitlements": [
+                    {"id": str(e.pk), "feature": codes[e.feature_id], "ends_at": _iso(e.ends_at)}
+                    for e in mine
+                ],
+            },
+        )
+
+
+def _dispute(dispute) -> dict:
+    return {
+        "id": dispute.pk,
+        "status": dispute.status,
+        "reason": dispute.reason,
+        "amount": _money(dispute.amount_minor, dispute.currency),
+        "lost": _money(dispute.lost_minor, dispute.currency),
+        "policy": dispute.policy,
+        "payment_id": str(dispute.payment_attempt_id),
+        "invoice_id": str(dispute.payment_attempt.invoice_id),
+        "opened_at": _iso(dispute.opened_at),
+        "closed_at": _iso(dispute.closed_at),
+    }
+
+
+def dispute_opened(dispute) -> None:
+    """`dispute.opened`: the owner's bank disputes a payment (the suspended features, if the
+    offer's policy suspends them, come as `entitlement.revoked` just before)."""
+    vehicle_id = dispute.payment_attempt.invoice.vehicle_id
+    _record(EventType.DISPUTE_OPENED, vehicle_id=vehicle_id, data={"dispute": _dispute(dispute)})
+
+
+def dispute_closed(dispute) -> None:
+    """`dispute.closed`: won (suspended features granted again) or lost (the amount booked as lost)."""
+    vehicle_id = dispute.payment_attempt.invoice.vehicle_id
+    _record(EventType.DISPUTE_CLOSED, vehicle_id=vehicle_id, data={"dispute": _dispute(dispute)})

@@ -10,7 +10,7 @@ import json
 import pytest
 from django.db import transaction
 
-from billing.models import Feature
+from billing.models import Feature, PaymentAttempt
 from billing.services import outbound_events
 from billing.services.customers import payment_method_add
 from billing.services.dunning import trial_reminders_due
@@ -24,8 +24,10 @@ from billing.services.subscriptions import (
 )
 from billing.services.transfers import transfer_claim, transfer_start
 from events.models import OutboxEvent
-from tests.billing.api_helpers import catalog_world
+from tests.billing.api_helpers import add_card, buy, catalog_world, owner_client
+from tests.billing.test_disputes import dispute, send
 from tests.billing.test_services_dunning import RENEWAL, START, at, declining_world
+from tests.billing.test_webhooks_stripe import SECRET
 from tests.factories import OwnerFactory
 
 UTC = dt.UTC
@@ -211,3 +213,32 @@ def test_an_event_that_cannot_be_recorded_never_undoes_a_paid_fulfilment(stripe_
     assert subscription.status == "active"  # fulfilled, not refunded
     assert not subscription.invoices.filter(attempts__refunds__isnull=False).exists()
     assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.stripe
+def test_a_dispute_records_revoked_and_opened_then_granted_and_closed_when_won(stripe_proxy, settings):
+    settings.STRIPE_WEBHOOK_SECRET = SECRET
+    owner, vehicle = catalog_world()
+    client = owner_client(owner)
+    add_card(client)
+    buy(client, vehicle)
+    attempt = PaymentAttempt.objects.get()
+
+    send("charge.dispute.created", dispute(attempt))
+    send("charge.dispute.closed", dispute(attempt, status="won"))
+
+    assert types_of(vehicle)[-4:] == [
+        "entitlement.revoked",
+        "dispute.opened",
+        "entitlement.granted",
+        "dispute.closed",
+    ]
+    revoked, opened, granted, closed = events_of(vehicle)[-4:]
+    assert (revoked.payload["reason"], revoked.payload["features"]) == ("dispute", ["heated_seats"])
+    assert opened.payload["dispute"]["amount"] == {"amount_minor": 19_900, "currency": "EUR"}
+    assert granted.payload["entitlements"][0]["ends_at"] is None  # the unlock is perpetual again
+    assert (closed.payload["dispute"]["status"], closed.payload["dispute"]["lost"]["amount_minor"]) == (
+        "won",
+        0,
+    )
