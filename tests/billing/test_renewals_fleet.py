@@ -168,6 +168,26 @@ def test_worker_killed_mid_charge_converges_after_the_reconciler_to_one_charge(l
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+@needs_redis
+def test_warm_shutdown_mid_charge_finishes_the_task_and_the_reconciler_settles_it(local_stripe):
+    fleet = due_fleet(1)
+    # Stripe charges, then the answer is lost after 3 s: the outcome is unknown to the worker.
+    local_stripe.inject("hang", path=PI_CREATE, forward=True, hang_seconds=3)
+    app.control.purge()
+    worker = worker_start(pool="solo")
+    with running(worker):
+        tasks.renew_subscriptions_chunk.apply_async(args=[[str(fleet.subscription_ids[0])]])
+        assert wait_until(lambda: local_stripe.calls(outcome="fault:hang"), timeout=60)
+        worker.send_signal(signal.SIGTERM)  # a deploy: warm shutdown while the charge is in flight
+        assert worker.wait(timeout=30) == 0
+
+    attempt = PaymentAttempt.objects.get(invoice__in=renewal_invoices(fleet))
+    assert attempt.status == AttemptStatus.UNKNOWN  # the task ran to its end before the worker left
+    assert payment_attempts_reconcile(older_than=dt.timedelta(0)) == {"succeeded": 1}
+    assert_each_period_charged_once(fleet, local_stripe)
+
+
 # -- 429 -------------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_a_429_is_never_a_failure_the_renewal_is_settled_later(local_stripe):

@@ -65,6 +65,19 @@ def test_no_billing_task_is_scheduled_with_an_eta_beyond_the_visibility_timeout(
     assert all(period in ("seconds", "minutes", "hours", "days") for _, _, period in SCHEDULES.values())
 
 
+def test_the_deployment_runs_exactly_one_beat():
+    """R16: one scheduler by construction (two started by mistake still charge once: the fleet
+    tests); no worker embeds a beat of its own (`-B`)."""
+    lines = [
+        line.split(":", 1)
+        for line in (settings.BASE_DIR / "Procfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    commands = {name.strip(): command for name, command in lines}
+    assert [name for name, command in commands.items() if " beat" in command] == ["beat"]
+    assert not any(" -B" in command or "--beat" in command for command in commands.values())
+
+
 @pytest.mark.django_db
 def test_schedules_are_installed_once():
     periodic_tasks_install()
