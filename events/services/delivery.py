@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import requests
 import structlog
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -46,7 +45,8 @@ from events.models import (
     DeliveryStatus,
     EventEndpoint,
 )
-from events.services.endpoints import endpoint_disable, endpoint_url_resolves_publicly
+from events.services.endpoints import endpoint_disable, endpoint_url_resolves_publicly, private_urls_allowed
+from events.services.http import delivery_session
 
 log = structlog.get_logger(__name__)
 
@@ -209,7 +209,8 @@ def delivery_send(claim: Claim) -> Outcome:
     )
     started = time.monotonic()
     try:
-        response = requests.post(
+        session = delivery_session(private_allowed=private_urls_allowed())
+        response = session.post(
             claim.url,
             data=body.encode(),
             headers=headers,

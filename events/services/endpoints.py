@@ -4,7 +4,8 @@ re-enabled by an operator after they were disabled for failing.
 SSRF: only http(s) URLs with a host. Where `EVENTS_ALLOW_PRIVATE_URLS` is off (the default in
 production) an address that is not globally routable (loopback, private, link-local such as the
 cloud metadata service, reserved) is refused when the endpoint is saved (literal addresses and
-`localhost`) and again before every send, on each address the name resolves to.
+`localhost`), before every send on each address the name resolves to, and on the socket
+actually connected (`events.services.http`: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.db import transaction
 
 from core.errors import ValidationError
 from events.models import UNSETTLED_DELIVERY_STATUSES, Delivery, EventEndpoint, EventType
+from events.services.http import address_is_public
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 random bytes
@@ -36,10 +38,7 @@ def endpoint_secret_generate() -> str:
 
 
 def _address_allowed(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    return address_is_public(address)
 
 
 def endpoint_url_validate(url: str) -> str:

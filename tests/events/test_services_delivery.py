@@ -26,6 +26,7 @@ from events.models import (
     EventType,
     OutboxEvent,
 )
+from events.services import delivery as delivery_module
 from events.services import event_record
 from events.services.delivery import (
     BACKOFF_CAP,
@@ -386,3 +387,19 @@ def test_old_settled_events_are_purged_and_unsettled_ones_kept(receiver, endpoin
 
     assert list(OutboxEvent.objects.values_list("pk", flat=True)) == [waiting[0].pk]
     assert not Delivery.objects.filter(event=delivered[0]).exists()
+
+
+@pytest.mark.django_db
+def test_a_name_that_rebinds_to_a_private_address_is_refused_on_the_connected_socket(
+    settings, receiver, endpoint, monkeypatch
+):
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    # the name looked public when checked, then resolves to loopback when connecting
+    monkeypatch.setattr(delivery_module, "endpoint_url_resolves_publicly", lambda url: None)
+
+    record()
+    deliveries_send_due()
+
+    delivery = Delivery.objects.get()
+    assert delivery.status == DeliveryStatus.FAILED and "not a public address" in delivery.last_error
+    assert receiver.received == []
