@@ -102,6 +102,7 @@ def _exhausted(*, subscription: Subscription, at: datetime) -> None:
         next_retry_at=None,
         grace_until=None,
     )
+    outbound_events.subscription_updated(subscription, change="unpaid")  # outbox
     entitlements_end(subscription=subscription, at=at)
     log.info("dunning_exhausted", subscription=str(subscription.pk))
 

@@ -13,7 +13,7 @@ from django.db import transaction
 from billing.models import Feature, PaymentAttempt
 from billing.services import outbound_events
 from billing.services.customers import payment_method_add
-from billing.services.dunning import trial_reminders_due
+from billing.services.dunning import dunning_sweep, trial_reminders_due
 from billing.services.entitlements import entitlement_grant_admin
 from billing.services.renewals import subscriptions_renew_due
 from billing.services.subscriptions import (
@@ -125,6 +125,25 @@ def test_a_declined_renewal_records_payment_failed_and_dunning_started(stripe_pr
     dunning = events_of(vehicle)[3]
     assert dunning.payload["grace_until"] and dunning.payload["next_retry_at"]
     assert dunning.payload["invoice"]["total"]["currency"] == "EUR"
+
+
+@pytest.mark.django_db
+@pytest.mark.stripe
+def test_dunning_to_the_end_records_each_failure_then_unpaid_then_canceled(stripe_proxy, localstripe_url):
+    _owner, vehicle, _subscription = declining_world(localstripe_url)
+    at(RENEWAL, lambda now: subscriptions_renew_due(at=now))
+    for days in (1, 3, 5, 7, 21):
+        at(RENEWAL + dt.timedelta(days=days), lambda now: dunning_sweep(at=now))
+
+    # the grace period's rights end on their own at the last retry: no revocation is needed
+    assert types_of(vehicle)[5:] == [
+        *["payment.failed"] * 4,
+        "subscription.updated",
+        "payment.failed",
+        "subscription.canceled",
+    ]
+    unpaid = events_of(vehicle)[9]
+    assert (unpaid.payload["change"], unpaid.payload["subscription"]["status"]) == ("unpaid", "unpaid")
 
 
 @pytest.mark.django_db
