@@ -1,10 +1,12 @@
 """DRF glue shared by both apps: the one exception handler that renders every error as
-`{"code": ..., "message": ..., "details": {...}}`, the JSON parser and the pagination.
+`{"code": ..., "message": ..., "details": {...}}` (also for paths under /api/ that match no route),
+the JSON parser and the pagination. `core.api_schema` documents all of it in the OpenAPI schema.
 
 Hostile input answers a 4xx, never a 500 nor an HTML page: JSON nested deeper than
 `MAX_JSON_DEPTH` or unparsable is 400 `malformed_json`; a body over
 `settings.DATA_UPLOAD_MAX_MEMORY_SIZE` is 413 `request_too_large`; a page `limit` above
-`MAX_PAGE_LIMIT` or an `offset` above `MAX_PAGE_OFFSET` is 400 `validation_error`.
+`MAX_PAGE_LIMIT` or an `offset` above `MAX_PAGE_OFFSET` (or below 1 and 0, or not an integer) is
+400 `validation_error`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, pagination, parsers, status
 from rest_framework.response import Response
 from rest_framework.utils import json as drf_json
@@ -84,22 +88,30 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     max_offset = MAX_PAGE_OFFSET
 
     def get_limit(self, request):
-        self._refuse_above(request, self.limit_query_param, self.max_limit)
+        self._refuse_out_of_range(request, self.limit_query_param, 1, self.max_limit)
         return super().get_limit(request)
 
     def get_offset(self, request):
-        self._refuse_above(request, self.offset_query_param, self.max_offset)
+        self._refuse_out_of_range(request, self.offset_query_param, 0, self.max_offset)
         return super().get_offset(request)
 
     @staticmethod
-    def _refuse_above(request, name: str, maximum: int) -> None:
+    def _refuse_out_of_range(request, name: str, minimum: int, maximum: int) -> None:
+        """What the schema documents: an integer in [minimum, maximum]; absent or empty is the default."""
+        raw = request.query_params.get(name, "")
+        if raw == "":
+            return
         try:
-            value = int(request.query_params[name])
-        except (KeyError, ValueError):
-            return  # absent or not a number: DRF falls back to the default
+            value = int(raw)
+        except ValueError:
+            raise exceptions.ValidationError({name: ["A valid integer is required."]}) from None
         if value > maximum:
             message = f"Ensure this value is less than or equal to {maximum}."
-            raise exceptions.ValidationError({name: [message]})
+        elif value < minimum:
+            message = f"Ensure this value is greater than or equal to {minimum}."
+        else:
+            return
+        raise exceptions.ValidationError({name: [message]})
 
     def get_schema_operation_parameters(self, view):
         parameters = super().get_schema_operation_parameters(view)
@@ -131,6 +143,27 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"code": str(code), "message": message, "details": details or {}}
 
 
+def _plain_message(detail: Any) -> str:
+    """A human sentence from a DRF detail: a string, a list of them, or a dict such as simplejwt's
+    `{"detail": ..., "code": ..., "messages": [...]}` (never the repr of its `ErrorDetail`s)."""
+    if isinstance(detail, dict):
+        if "detail" in detail:
+            return _plain_message(detail["detail"])
+        return " ".join(f"{name}: {_plain_message(value)}" for name, value in detail.items())
+    if isinstance(detail, list | tuple):
+        return " ".join(_plain_message(item) for item in detail)
+    return str(detail)
+
+
+def _plain_details(detail: Any) -> Any:
+    """`ErrorDetail`s as plain strings, recursively (what JSON renders them as anyway)."""
+    if isinstance(detail, dict):
+        return {str(name): _plain_details(value) for name, value in detail.items()}
+    if isinstance(detail, list | tuple):
+        return [_plain_details(item) for item in detail]
+    return str(detail) if isinstance(detail, str) else detail
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, BillingError):
         response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
@@ -158,9 +191,28 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         message = "The request is invalid; see details for each field."
     else:
-        details = {}
-        message = str(getattr(exc, "detail", exc))
-    response.data = error_body(code, message, details)
+        detail = getattr(exc, "detail", exc)
+        message = _plain_message(detail)
+        # e.g. simplejwt's token_not_valid: the reason in details, the sentence in message
+        reason = detail.get("code") if isinstance(detail, dict) else None
+        details = {"reason": str(reason)} if reason else {}
+    response.data = error_body(code, message, _plain_details(details))
     if response.status_code == status.HTTP_401_UNAUTHORIZED:
         response["WWW-Authenticate"] = response.get("WWW-Authenticate", "Bearer")
     return response
+
+
+@csrf_exempt  # a JSON 404 for any method; nothing is read or written
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """Any path under /api/ that no route matches (unknown, or a malformed id): the JSON 404, not
+    Django's HTML page. A GET missing only its trailing slash is still redirected, as
+    `APPEND_SLASH` would."""
+    if settings.APPEND_SLASH and not request.path.endswith("/") and request.method in ("GET", "HEAD"):
+        try:
+            match = resolve(f"{request.path}/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_not_found:
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    message = f"No API route matches {request.method} {request.path}."
+    return JsonResponse(error_body(ErrorCode.NOT_FOUND, message), status=status.HTTP_404_NOT_FOUND)

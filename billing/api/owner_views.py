@@ -11,6 +11,9 @@ pure state toggles (resume, default card, change preview, claim, add a card) tak
 
 from __future__ import annotations
 
+import hashlib
+
+import django_filters
 from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
@@ -70,6 +73,18 @@ INCOMPATIBLE_EXAMPLE = OpenApiExample(
 )
 
 
+class _VehicleFilterSet(django_filters.FilterSet):
+    # By id, not a choice among every vehicle: another owner's car and an unknown id alike give an
+    # empty page (a choice field answered 400 for one and 200 for the other)
+    vehicle = django_filters.UUIDFilter(field_name="vehicle_id")
+
+
+def owner_filterset(model) -> type[django_filters.FilterSet]:
+    """`?status=` and `?vehicle=` on an owner list."""
+    meta = type("Meta", (), {"model": model, "fields": ["status", "vehicle"]})
+    return type(f"{model.__name__}FilterSet", (_VehicleFilterSet,), {"Meta": meta})
+
+
 def checkout_response(outcome: CheckoutOutcome) -> Response:
     code = status.HTTP_201_CREATED if outcome.status in ("succeeded", "trialing", "scheduled") else 202
     return Response(s.CheckoutSerializer(outcome).data, status=code)
@@ -118,7 +133,7 @@ class MyVehicleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
         summary="Offers this vehicle can use, priced in its market",
         responses={200: s.OfferSerializer(many=True), 404: ERROR},
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)  # every offer at once, a bare array
     def offers(self, request, pk=None):
         items = offers_for_vehicle(vehicle=self._vehicle(), at=self.now)
         return Response(s.OfferSerializer(items, many=True).data)
@@ -199,7 +214,7 @@ class TransferClaimViewSet(OwnerViewSet):
 )
 class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerViewSet):
     serializer_class = s.SubscriptionSerializer
-    filterset_fields = ["status", "vehicle"]
+    filterset_class = owner_filterset(Subscription)
 
     queryset = Subscription.objects.none()
 
@@ -266,7 +281,7 @@ class MySubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ow
 )
 class MyPurchaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerViewSet):
     serializer_class = s.PurchaseSerializer
-    filterset_fields = ["status", "vehicle"]
+    filterset_class = owner_filterset(Purchase)
 
     queryset = Purchase.objects.none()
 
@@ -294,7 +309,7 @@ class MyPurchaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerV
 @extend_schema_view(list=extend_schema(summary="My invoices"), retrieve=extend_schema(summary="One invoice"))
 class MyInvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerViewSet):
     serializer_class = s.InvoiceSerializer
-    filterset_fields = ["status", "vehicle"]
+    filterset_class = owner_filterset(Invoice)
 
     queryset = Invoice.objects.none()
 
@@ -304,7 +319,10 @@ class MyInvoiceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnerVi
     @extend_schema(
         summary="Pay an open subscription invoice (past due or unpaid) with a card of mine: ends dunning",
         request=s.InvoicePayInput,
-        responses={**CHECKOUT_RESPONSES, 200: s.CheckoutSerializer},
+        responses={
+            **{code: response for code, response in CHECKOUT_RESPONSES.items() if code != 201},
+            200: s.CheckoutSerializer,
+        },
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     @action(detail=True, methods=["post"], throttle_classes=[CheckoutThrottle])
@@ -374,6 +392,8 @@ class MyPaymentMethodViewSet(mixins.ListModelMixin, OwnerViewSet):
     @idempotent
     def setup_intent(self, request):
         key = request.headers["Idempotency-Key"]
+        if len(key) > 64:  # Stripe's keys end at 255 characters; ours may use all 255 of them
+            key = hashlib.sha256(key.encode()).hexdigest()
         result = customers.setup_intent_start(owner=self.owner, request_key=key)
         return Response(s.SetupIntentSerializer(result).data, status=status.HTTP_201_CREATED)
 

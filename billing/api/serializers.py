@@ -107,7 +107,9 @@ class SubscriptionSerializer(serializers.ModelSerializer):
     offer = serializers.CharField(source="offer.code")
     vehicle = serializers.UUIDField(source="vehicle_id")
     price = MoneyField("price.amount_minor", "price.currency")
-    pending_offer = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    pending_offer = serializers.SlugRelatedField(
+        slug_field="code", read_only=True, allow_null=True, help_text="A downgrade applied at period end."
+    )
 
     class Meta:
         model = Subscription
@@ -337,7 +339,12 @@ class PlanChangePreviewSerializer(serializers.Serializer):
 
 
 class PaymentMethodAddInput(serializers.Serializer):
-    payment_method = serializers.CharField(max_length=64, help_text="Stripe PaymentMethod id, pm_...")
+    payment_method = serializers.RegexField(
+        r"^pm_[A-Za-z0-9_]+$",
+        max_length=64,
+        error_messages={"invalid": "Must be a Stripe PaymentMethod id (pm_...)."},
+        help_text="Stripe PaymentMethod id, pm_...",
+    )
     make_default = serializers.BooleanField(default=False)
 
 

@@ -21,6 +21,13 @@ from core.ratelimit import EntitlementTokenThrottle
 from vehicles.api.authentication import VehicleCredentialAuthentication
 from vehicles.api.permissions import IsVehicle, current_vehicle
 
+ETAG = OpenApiParameter(
+    "ETag",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200, 304],
+    description="Identifies this list of features: send it back as If-None-Match.",
+)
 IF_NONE_MATCH = OpenApiParameter(
     "If-None-Match",
     str,
@@ -62,7 +69,7 @@ def _isoformat(value):
 class VehicleEntitlementsView(VehicleAPIView):
     @extend_schema(
         summary="The features this vehicle may use now (poll with If-None-Match)",
-        parameters=[IF_NONE_MATCH],
+        parameters=[IF_NONE_MATCH, ETAG],
         responses={200: VehicleEntitlementsSerializer, 304: OpenApiResponse(description="Not modified")},
         examples=[
             OpenApiExample(

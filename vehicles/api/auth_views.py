@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
+from core.api_schema import ErrorSerializer
 from core.ratelimit import LoginThrottle
 from vehicles.services.credentials import (
     TOKEN_REUSED,
@@ -48,12 +49,6 @@ class TokenPairSerializer(serializers.Serializer):
         help_text="Single-use refresh token: each refresh returns a new one; replaying an old one "
         "revokes the session."
     )
-
-
-class AuthErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.DictField()
 
 
 _PAIR_EXAMPLE = OpenApiExample(
@@ -114,8 +109,8 @@ class LoginView(_TokenEndpoint):
         request=LoginSerializer,
         responses={
             200: TokenPairSerializer,
-            400: AuthErrorSerializer,
-            401: OpenApiResponse(AuthErrorSerializer, description="Wrong username or password."),
+            400: ErrorSerializer,
+            401: OpenApiResponse(ErrorSerializer, description="Wrong username or password."),
         },
         examples=[
             OpenApiExample(
@@ -147,9 +142,9 @@ class RefreshView(_TokenEndpoint):
         request=RefreshTokenSerializer,
         responses={
             200: TokenPairSerializer,
-            400: AuthErrorSerializer,
+            400: ErrorSerializer,
             401: OpenApiResponse(
-                AuthErrorSerializer,
+                ErrorSerializer,
                 description=f"`not_authenticated` (invalid or expired) or `{TOKEN_REUSED}` (replayed).",
             ),
         },
@@ -176,8 +171,8 @@ class LogoutView(_TokenEndpoint):
         request=RefreshTokenSerializer,
         responses={
             204: OpenApiResponse(description="Logged out."),
-            400: AuthErrorSerializer,
-            401: OpenApiResponse(AuthErrorSerializer, description="Invalid or expired refresh token."),
+            400: ErrorSerializer,
+            401: OpenApiResponse(ErrorSerializer, description="Invalid or expired refresh token."),
         },
         examples=[
             OpenApiExample("Logout", value={"refresh": "eyJhbGciOiJIUzI1NiIs...refresh"}, request_only=True),
