@@ -3,6 +3,7 @@ that can move money documents the Idempotency-Key header (and the code agrees)."
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -165,3 +166,125 @@ def test_every_post_is_classified_and_only_money_or_secret_posts_take_the_key(sc
     }
     assert set(posts) == MONEY_POSTS | KEYLESS_POSTS, "classify a new POST in MONEY_POSTS or KEYLESS_POSTS"
     assert {path for path, op in posts.items() if _idempotency_parameter(op)} == MONEY_POSTS
+
+
+# --- What a generated client needs (tests/test_api_generated_client.py runs one) ---------------
+ERROR_REF = "#/components/schemas/Error"
+CLIENT_ERRORS = {"400", "401", "402", "403", "404", "409", "422", "429"}
+
+
+def test_request_bodies_are_json_only(schema):
+    bodies = {
+        f"{m.upper()} {p}": set(op["requestBody"]["content"])
+        for p, m, op in operations(schema)
+        if "requestBody" in op
+    }
+    assert bodies and all(types == {"application/json"} for types in bodies.values()), bodies
+
+
+def test_every_client_error_is_the_error_envelope(schema):
+    assert set(schema["components"]["schemas"]["Error"]["required"]) == {"code", "message", "details"}
+    wrong = [
+        f"{m.upper()} {p} {code}"
+        for p, m, op in operations(schema)
+        for code, response in op["responses"].items()
+        if code.startswith("4") and response["content"]["application/json"]["schema"] != {"$ref": ERROR_REF}
+    ]
+    assert not wrong, wrong
+
+
+def test_errors_each_operation_can_answer_are_declared(schema):
+    for path, method, op in operations(schema):
+        declared = set(op["responses"])
+        assert declared - {"304"} - CLIENT_ERRORS <= {"200", "201", "202", "204"}, (method, path)
+        if any(op.get("security", [])):  # [{}]: no credentials needed
+            assert {"401", "403"} <= declared, (method, path)
+        if "{" in path:
+            assert "404" in declared, (method, path)
+        if "requestBody" in op or any(p["in"] == "query" for p in op.get("parameters", [])):
+            assert "400" in declared, (method, path)
+    checkout = schema["paths"]["/api/v1/me/vehicles/{id}/purchases/"]["post"]["responses"]
+    assert {"400", "401", "402", "403", "404", "409", "422", "429"} <= set(checkout)
+
+
+def test_headers_are_declared(schema):
+    by_path = {re.sub(r"\{[^}]+\}", "{id}", path): item for path, item in schema["paths"].items()}
+    purchase = by_path["/api/v1/me/vehicles/{id}/purchases/"]["post"]
+    assert "Idempotent-Replayed" in purchase["responses"]["201"]["headers"]
+    assert "Retry-After" in purchase["responses"]["429"]["headers"]
+    assert "Retry-After" in purchase["responses"]["409"]["headers"]
+    key = _idempotency_parameter(purchase)["schema"]
+    assert (key["minLength"], key["maxLength"]) == (1, 255) and key["pattern"]
+    entitlements = by_path["/api/v1/vehicle/entitlements/"]["get"]
+    assert {"ETag"} <= set(entitlements["responses"]["200"]["headers"])
+    assert {"ETag"} <= set(entitlements["responses"]["304"]["headers"])
+    assert any(p["name"] == "If-None-Match" and p["in"] == "header" for p in entitlements["parameters"])
+    login = by_path["/api/v1/auth/token/"]["post"]
+    assert "Retry-After" in login["responses"]["429"]["headers"]
+
+
+def test_tags_name_resources_and_shapes_are_as_served(schema):
+    tags = {op["tags"][0] for _, _, op in operations(schema)}
+    resources = {"auth", "vehicles", "subscriptions", "purchases", "invoices", "payments", "vehicle", "keys"}
+    assert resources <= tags
+    assert "v1" not in tags
+    offers = schema["paths"]["/api/v1/me/vehicles/{id}/offers/"]["get"]
+    assert offers["responses"]["200"]["content"]["application/json"]["schema"]["type"] == "array"
+    subscription = schema["components"]["schemas"]["Subscription"]["properties"]
+    assert subscription["pending_offer"].get("nullable") is True
+
+
+@pytest.mark.parametrize("docs", ["/api/docs/", "/api/redoc/"])
+def test_docs_are_served_from_our_static_files(docs):
+    from django.contrib.staticfiles import finders
+
+    page = APIClient().get(docs).content.decode()
+    assets = re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))["']""", page)
+    assert assets and all(asset.startswith("/static/drf_spectacular_sidecar/") for asset in assets), assets
+    assert "cdn" not in page.lower()
+    for asset in assets:
+        assert finders.find(asset.removeprefix("/static/")), asset
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/nothing-here/"),
+        ("get", "/api/nothing/"),
+        ("get", "/api/v1/me/invoices/not-a-uuid/pdf/"),
+        ("post", "/api/v1/me/invoices/0.5/pay/"),
+        ("get", "/api/v1/me/vehicles/not-a-uuid/"),
+        ("delete", "/api/v1/operator/"),
+    ],
+)
+def test_any_unmatched_api_path_is_a_json_404(method, path):
+    response = getattr(APIClient(), method)(path)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found" and response.json()["details"] == {}
+
+
+def test_a_path_missing_its_slash_is_still_redirected():
+    response = APIClient().get("/api/v1/me/vehicles")
+
+    assert response.status_code == 301 and response["Location"].endswith("/api/v1/me/vehicles/")
+
+
+def test_an_unsupported_method_is_a_json_405_with_allow():
+    response = APIClient().delete("/api/v1/.well-known/jwks.json")
+
+    assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+    assert "GET" in response["Allow"]
+
+
+def test_an_invalid_access_token_answers_a_clean_message():
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer not.a.token")
+
+    body = client.get("/api/v1/me/vehicles/").json()
+
+    assert body["code"] == "not_authenticated"
+    assert "ErrorDetail" not in json.dumps(body) and "{" not in body["message"]
+    assert body["message"] == "Given token not valid for any token type"
+    assert body["details"] == {"reason": "token_not_valid"}
