@@ -20,7 +20,7 @@ from billing.models import (
 from billing.services.fulfilment import invoice_fulfil_paid, invoice_undeliverable_reason
 from billing.services.payments import payment_attempt_charge, payment_attempt_create
 from billing.services.transitions import invoice_transition
-from core.errors import BusinessRuleViolation, ErrorCode, PaymentError
+from core.errors import BillingError, BusinessRuleViolation, ErrorCode, PaymentError
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,22 @@ def invoice_charge(
     """Charge a committed open invoice. A decline raises `payment_declined` (402) after the
     outcome is recorded; an unknown outcome is `processing`, settled later by the reconciler."""
     if invoice.total_minor == 0:  # a free plan, or an upgrade whose lines round to 0: nothing to charge
-        with transaction.atomic():
-            locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-            moment = at or timezone.now()
-            reason = invoice_undeliverable_reason(invoice=locked, owner_id=locked.owner_id, at=moment)
-            if reason is not None:
-                invoice_transition(invoice=locked, to=InvoiceStatus.VOID, at=moment)
-            elif locked.status != InvoiceStatus.PAID:
-                invoice_fulfil_paid(invoice=locked, at=moment)
+        moment = at or timezone.now()
+        reason = None
+        try:
+            with transaction.atomic():
+                locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+                reason = invoice_undeliverable_reason(invoice=locked, owner_id=locked.owner_id, at=moment)
+                if reason is not None:
+                    invoice_transition(invoice=locked, to=InvoiceStatus.VOID, at=moment)
+                elif locked.status != InvoiceStatus.PAID:
+                    invoice_fulfil_paid(invoice=locked, at=moment)
+        except BillingError:  # nothing was charged: close the invoice so it blocks nothing, then say why
+            with transaction.atomic():
+                locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+                if locked.status == InvoiceStatus.OPEN:
+                    invoice_transition(invoice=locked, to=InvoiceStatus.VOID, at=moment)
+            raise
         invoice.refresh_from_db()
         if reason is not None:
             raise BusinessRuleViolation(f"Nothing to deliver: {reason}.", code=ErrorCode.INVALID_STATE)

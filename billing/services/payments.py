@@ -289,9 +289,14 @@ def payment_attempt_refresh(*, attempt_id, at: datetime | None = None) -> Paymen
             created_after=attempt.created_at - timedelta(hours=1),
         )
         if result is None:
-            raise BillingError(
-                "Not found at Stripe after the idempotency window: check by hand whether it was charged.",
-                code=ErrorCode.PAYMENT_OUTCOME_UNKNOWN,
+            # A day after the attempt, Stripe holds no PaymentIntent carrying its id (the search
+            # is eventually consistent within a minute): it never reached Stripe, nothing was
+            # charged. Recorded as declined, which frees the invoice for a new checkout.
+            result = gateway.ChargeResult(
+                status="declined",
+                payment_intent_id=None,
+                decline_code="never_reached_provider",
+                message="The payment never reached the payment provider; nothing was charged.",
             )
     if result.status == "requires_action":
         if (

@@ -266,6 +266,11 @@ def _plan_change(*, subscription: Subscription, offer_code: str, at: datetime) -
         raise BusinessRuleViolation(
             "Plans can be changed on an active subscription (not during a trial or while unpaid)."
         )
+    if at >= subscription.current_period_end:  # due for renewal: the sweep starts the next period first
+        raise Conflict(
+            "This subscription's period has just ended and is being renewed; try again in a minute.",
+            code=ErrorCode.CONFLICT,
+        )
     offer, new_price = offer_for_vehicle(vehicle=subscription.vehicle, offer_code=offer_code, at=at)
     if offer.pk == subscription.offer_id:
         raise BusinessRuleViolation("That is already the current plan.", code=ErrorCode.ALREADY_SUBSCRIBED)

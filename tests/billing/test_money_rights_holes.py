@@ -280,7 +280,7 @@ def test_a_poisoned_row_never_stalls_the_reconciler_and_ends_in_the_dead_letter(
     assert "AttributeError" in poisoned.reconcile_error
     at = timezone.now()
     for _ in range(4):  # backed off each time, dead-lettered at the fifth failure
-        at += dt.timedelta(days=2)
+        at += dt.timedelta(hours=1)  # within the key window: the same key is replayed
         payments.payment_attempts_reconcile(older_than=dt.timedelta(0), at=at)
     poisoned.refresh_from_db()
     assert poisoned.dead_lettered_at is not None
@@ -531,3 +531,43 @@ def test_fulfilment_that_raises_after_a_charge_refunds_instead(stripe_proxy, mon
     refund = Refund.objects.get(payment_attempt=attempt)
     assert refund.amount_minor == attempt.amount_minor
     assert "RuntimeError" in refund.reason
+
+
+@pytest.mark.django_db
+def test_an_upgrade_of_a_subscription_due_for_renewal_is_refused_and_leaves_no_invoice(stripe_proxy):
+    """Found by the model-based test: the upgrade answered 400 and left an open plan-change
+    invoice of 0 that blocked every later plan change with 409."""
+    owner, _vehicle, subscription = _active_plan_world()
+    overdue = subscription.current_period_end + dt.timedelta(days=1)  # the sweep has not run yet
+
+    with pytest.raises(BillingError) as refused:
+        subscription_change_apply(
+            owner=owner,
+            subscription_id=subscription.pk,
+            offer_code="heated_seats_premium_monthly",
+            at=overdue,
+        )
+
+    assert refused.value.code == "conflict"
+    assert not Invoice.objects.filter(kind=InvoiceKind.PLAN_CHANGE).exists()
+
+
+@pytest.mark.django_db
+def test_an_attempt_that_never_reached_stripe_first_reconciled_after_a_day_is_declined(stripe_proxy):
+    """Found by the model-based test: 'not found at Stripe' was raised on every run, then the row
+    was dead-lettered and the offer could not be bought again."""
+    invoices, method = _purchase_invoices(1)
+    stripe_proxy.inject("status_500", path=PI)  # refused before Stripe executed anything
+    attempt = payments.payment_attempt_charge(
+        attempt_id=payments.payment_attempt_create(invoice=invoices[0], payment_method=method).pk
+    )
+    assert attempt.status == AttemptStatus.UNKNOWN
+
+    with time_machine.travel(timezone.now() + dt.timedelta(days=1, hours=1)):
+        settled = payments.payment_attempts_reconcile(older_than=dt.timedelta(0))
+
+    assert settled == {"declined": 1}
+    attempt.refresh_from_db()
+    assert (attempt.status, attempt.error_code) == (AttemptStatus.DECLINED, "never_reached_provider")
+    assert Invoice.objects.get(pk=invoices[0].pk).status == "void"
+    assert _pi_creates(stripe_proxy) == 0
