@@ -32,6 +32,13 @@ def _fast_password_hashing(settings) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_stripe_rate_budget(settings) -> None:
+    """The shared Stripe budget paces bursts (25 calls/s against localstripe): tests that are not
+    about it run unpaced; tests of the budget set `STRIPE_RATE_LIMIT_PER_SECOND` themselves."""
+    settings.STRIPE_RATE_LIMIT_PER_SECOND = 0
+
+
+@pytest.fixture(autouse=True)
 def _generous_rate_limits(settings) -> None:
     """Counters live in Redis across tests and runs; tests of the limits set their own."""
     settings.RATE_LIMITS = {scope: "100000/minute" for scope in settings.RATE_LIMITS}
