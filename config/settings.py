@@ -60,9 +60,12 @@ INSTALLED_APPS = [
     "vehicles",
     "billing",
     "reports",
+    "django_prometheus",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first: times the whole request
+    "core.logging.RequestIdMiddleware",  # every log line of a request carries its id
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -71,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -139,6 +143,11 @@ if PRODUCTION:
     X_FRAME_OPTIONS = "DENY"
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("DJANGO_ENV=production needs ALLOWED_HOSTS (comma-separated).")
+
+# --- Metrics (reports/metrics.py) -----------------------------------------------------
+# /metrics answers a staff session or `Authorization: Bearer $METRICS_TOKEN` (empty: no token).
+# Under gunicorn with several workers set PROMETHEUS_MULTIPROC_DIR (config/gunicorn_conf.py does).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {

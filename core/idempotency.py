@@ -53,6 +53,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from core.api import error_body
 from core.errors import BillingError, BusinessRuleViolation, ErrorCode, ValidationError
+from core.metrics import IDEMPOTENCY_REPLAYS
 from core.models import IdempotencyRecord
 
 logger = structlog.get_logger(__name__)
@@ -219,6 +220,7 @@ def _claim(*, user: Any, key: str, method: str, path: str, fingerprint: str) -> 
                 code=ErrorCode.IDEMPOTENCY_KEY_REUSED,
             )
         if existing.state == IdempotencyRecord.State.COMPLETED:
+            IDEMPOTENCY_REPLAYS.inc()  # metrics: /metrics api_idempotency_replays_total
             return Response(
                 existing.response_body, status=existing.response_status, headers={REPLAYED_HEADER: "true"}
             )

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
+from core.metrics import rate_limit_counted
 from core.redis import redis_client, redis_key
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -52,7 +53,8 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
         except ValueError:  # the window expired between add and incr
             cache.add(key, 1, timeout=period + 1)
             count = 1
-    return count <= limit, max(1, int((window + 1) * period - now))
+    allowed = rate_limit_counted(scope, count <= limit)  # metrics: api_rate_limit_refusals_total
+    return allowed, max(1, int((window + 1) * period - now))
 
 
 def client_address(request) -> str:

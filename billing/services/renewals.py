@@ -39,6 +39,7 @@ from billing.services.entitlements import entitlements_end
 from billing.services.invoices import subscription_period_invoice_create
 from billing.services.transitions import subscription_transition
 from core.errors import BillingError, ErrorCode
+from core.metrics import renewal_sweep_record
 from core.periods import Interval, period_at
 from core.redis import redis_client, redis_key
 
@@ -128,6 +129,7 @@ def subscriptions_renew_due(
             _charge(invoice=invoice, method=method, report=report, at=at)
     if subscription_ids is None:
         stranded_renewal_invoices_charge(at=at, owner_ids=owner_ids, report=report)
+    renewal_sweep_record(report)  # metrics: /metrics billing_renewals_total
     return report
 
 

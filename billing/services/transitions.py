@@ -25,6 +25,7 @@ from billing.models.payments import ATTEMPT_TRANSITIONS, REFUND_TRANSITIONS
 from billing.models.reconciliation import RECONCILIATION_RUN_TRANSITIONS
 from billing.models.subscriptions import PURCHASE_TRANSITIONS, SUBSCRIPTION_TRANSITIONS
 from billing.models.webhooks import STRIPE_EVENT_TRANSITIONS
+from core.metrics import payment_attempt_moved
 from core.states import transition_apply
 
 
@@ -41,7 +42,8 @@ def invoice_transition(*, invoice: Invoice, to: str, at: datetime, **changes: An
 
 
 def payment_attempt_transition(*, attempt: PaymentAttempt, to: str, **changes: Any) -> bool:
-    return transition_apply(attempt, table=ATTEMPT_TRANSITIONS, to=to, changes=changes)
+    applied = transition_apply(attempt, table=ATTEMPT_TRANSITIONS, to=to, changes=changes)
+    return payment_attempt_moved(to, applied)  # metrics: declines, unknown outcomes
 
 
 def refund_transition(*, refund: Refund, to: str, **changes: Any) -> bool:
