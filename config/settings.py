@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "billing",
     "reports",
     "django_prometheus",
+    "pgtrigger",
+    "pghistory",
 ]
 
 MIDDLEWARE = [
@@ -72,6 +74,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "reports.audit.AuditContextMiddleware",  # who, which URL and request id, on every audit event
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
@@ -148,6 +151,12 @@ if PRODUCTION:
 # /metrics answers a staff session or `Authorization: Bearer $METRICS_TOKEN` (empty: no token).
 # Under gunicorn with several workers set PROMETHEUS_MULTIPROC_DIR (config/gunicorn_conf.py does).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# --- Audit history (reports/models.py): PostgreSQL triggers, installed by `migrate` ------------
+# Triggers are installed from the registry on every migrate (PostgreSQL only; none on SQLite)
+# instead of living in the tracked apps' migrations.
+PGTRIGGER_MIGRATIONS = False
+PGTRIGGER_INSTALL_ON_MIGRATE = True
 
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {

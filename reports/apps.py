@@ -7,5 +7,7 @@ class ReportsConfig(AppConfig):
 
     def ready(self) -> None:
         from reports.admin import add_reports_to_admin_index
+        from reports.audit import add_audit_history_to_admin
 
         add_reports_to_admin_index()
+        add_audit_history_to_admin()

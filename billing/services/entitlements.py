@@ -10,13 +10,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 from billing.models import Entitlement, EntitlementSource, Feature, Offer, Purchase, Subscription
 from billing.services import outbound_events
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Vehicle
 from vehicles.state_cache import vehicle_state_changed
+
+ONE_MICROSECOND = timedelta(microseconds=1)  # the shortest period a row may keep
 
 
 def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
@@ -162,7 +164,9 @@ def entitlements_end(
     periods_from: datetime | None = None,
 ) -> int:
     """End the entitlements of a subscription or a purchase at `at` (withdrawal, resale,
-    cancellation now, a refund). Rows starting after `at` are removed; rows covering `at` are cut.
+    cancellation now, a refund). Rows covering `at` are cut at `at`; rows starting at or after `at`
+    are ended at their start, never deleted (the audit history keeps every row): their period
+    becomes `[start, start + 1 µs)`, the emptiest the database allows, as disputes do.
     `periods_from`: only a subscription's rows starting at or after it (one refunded period)."""
     if (subscription is None) == (purchase is None):
         raise ValueError("pass exactly one of subscription or purchase")
@@ -175,7 +179,13 @@ def entitlements_end(
         rows = rows.filter(starts_at__gte=periods_from)
     with transaction.atomic():
         vehicle_state_changed((subscription or purchase).vehicle_id)
-        removed, _ = rows.filter(starts_at__gte=at).delete()
+        # -- ended, never deleted: a not-yet-started row keeps a one-microsecond period (issue 10) --
+        removed = (
+            rows.filter(starts_at__gte=at)
+            .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=F("starts_at") + ONE_MICROSECOND))
+            .update(ends_at=F("starts_at") + ONE_MICROSECOND)
+        )
+        # -- end of the change --
         cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
         if removed + cut:  # outbox
             outbound_events.entitlements_revoked(at=at, subscription=subscription, purchase=purchase)

@@ -147,7 +147,7 @@ def test_admin_grant_needs_a_reason_and_a_non_empty_period():
     assert not Entitlement.objects.exists()
 
 
-def test_ending_a_subscription_cuts_current_and_removes_future_rows():
+def test_ending_a_subscription_cuts_current_and_ends_future_rows_at_their_start():
     vehicle = VehicleFactory()
     offer = OfferFactory(subscription=True, features=[FeatureFactory(code="streaming")])
     subscription = make_subscription(vehicle, offer)
@@ -163,7 +163,13 @@ def test_ending_a_subscription_cuts_current_and_removes_future_rows():
 
     assert codes(vehicle, cut_at - dt.timedelta(seconds=1))["streaming"].valid_until == cut_at
     assert "streaming" not in codes(vehicle, cut_at)
-    assert Entitlement.objects.filter(subscription=subscription).count() == 1
+    # The future period is ended, never deleted (the audit history keeps it): [start, start + 1 µs)
+    rows = Entitlement.objects.filter(subscription=subscription).order_by("starts_at")
+    assert [(r.starts_at, r.ends_at) for r in rows] == [
+        (JAN_31, cut_at),
+        (FEB_28, FEB_28 + dt.timedelta(microseconds=1)),
+    ]
+    assert "streaming" not in codes(vehicle, FEB_28 + dt.timedelta(seconds=1))
 
 
 @pytest.mark.parametrize(
