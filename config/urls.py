@@ -9,7 +9,6 @@ from core.health import healthz
 from core.views import ping
 from reports.admin import report_urls
 from reports.metrics import metrics
-from reports.metrics import metrics
 
 # The vehicle routes come first: every car of every fleet polls them, and Django tries
 # patterns in order.
@@ -20,7 +19,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("ping", ping, name="ping"),
-    path("metrics", metrics, name="metrics"),  # Prometheus: staff or bearer token
     path("metrics", metrics, name="metrics"),  # Prometheus: staff or bearer token
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and Redoc from our static files (drf-spectacular-sidecar): they work offline
