@@ -269,7 +269,9 @@ STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", 10))
 STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", 2))
 # Comma-separated: several secrets are accepted while one is rotated. Outside production a fixed
 # demo secret lets `make run` register the endpoint with localstripe.
-STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "" if PRODUCTION else "whsec_localstripe_demo")
+STRIPE_WEBHOOK_SECRET = os.environ.get(
+    "STRIPE_WEBHOOK_SECRET", "" if PRODUCTION else "whsec_localstripe_demo"
+)
 # The request budget every process shares (core/ratebudget.py, a token bucket in Redis): Stripe
 # allows 25 requests/s in test mode and 100/s live; we stay under it so a 429 never comes. 0: off.
 STRIPE_RATE_LIMIT_PER_SECOND = float(
