@@ -207,9 +207,9 @@ def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpRespon
     """Any path under /api/ that no route matches (unknown, or a malformed id): the JSON 404, not
     Django's HTML page. A GET missing only its trailing slash is still redirected, as
     `APPEND_SLASH` would."""
-    if settings.APPEND_SLASH and not request.path.endswith("/") and request.method in ("GET", "HEAD"):
+    if settings.APPEND_SLASH and not request.path_info.endswith("/") and request.method in ("GET", "HEAD"):
         try:
-            match = resolve(f"{request.path}/")
+            match = resolve(f"{request.path_info}/")
         except Resolver404:
             match = None
         if match is not None and match.func is not api_not_found:
