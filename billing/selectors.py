@@ -94,7 +94,7 @@ def _merge_spans(rows, at: datetime) -> list[ActiveFeature]:
         until: datetime | None = at
         perpetual = any(end is None for _, _, end in covering)
         if not perpetual:
-            until = max(end for _, _, end in covering)  # type: ignore[type-var]
+            until = max(end for _, _, end in covering if end is not None)  # none is None here
             for _, starts_at, ends_at in spans:  # chain contiguous later spans
                 if starts_at <= until and (ends_at is None or ends_at > until):
                     until = ends_at
@@ -134,9 +134,10 @@ def offers_for_vehicle(*, vehicle: Vehicle, at: datetime) -> list[OfferForVehicl
         )
     )
     perpetual = {feature_id for feature_id, ends_at, _, _ in active if ends_at is None}
-    included = {}
+    included: dict[int, datetime] = {}
     for _, ends_at, source, offer_id in active:
         if source == EntitlementSource.INCLUDED and offer_id is not None:
+            assert ends_at is not None  # an included offer runs for a number of months
             included[offer_id] = max(included.get(offer_id, ends_at), ends_at)
     live = set(
         Subscription.objects.filter(vehicle=vehicle, status__in=LIVE_SUBSCRIPTION_STATUSES).values_list(

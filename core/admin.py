@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html
 
 from core.models import IdempotencyRecord, SigningKey, TaskFailure
@@ -15,13 +17,13 @@ from core.models import IdempotencyRecord, SigningKey, TaskFailure
 class ReadOnlyAdmin(admin.ModelAdmin):
     """View-only: rows change only through services."""
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
 
@@ -46,7 +48,7 @@ class SigningKeyAdmin(ReadOnlyAdmin):
     search_fields = ("kid",)
     ordering = ("-active_from",)
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SigningKey]:
         return super().get_queryset(request).defer("private_jwk")
 
     @admin.display(description="Public key (JWK)")
@@ -80,7 +82,7 @@ class TaskFailureAdmin(ReadOnlyAdmin):
         return obj.error.splitlines()[-1][:120] if obj.error else ""
 
     @admin.action(description="Retry now")
-    def retry_now(self, request, queryset) -> None:
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[TaskFailure]) -> None:
         from core.task_failures import task_failure_retry
 
         sent = 0
@@ -89,5 +91,5 @@ class TaskFailureAdmin(ReadOnlyAdmin):
             sent += 1
         self.message_user(request, f"{sent} task(s) sent again.")
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return request.user.has_perm("core.change_taskfailure")  # the action needs it; fields stay read-only

@@ -61,7 +61,9 @@ class ContractSchema(AutoSchema):
             return [segments[1]]
         return [segments[0].lstrip(".") if segments else "api"]
 
-    def get_operation(self, path, path_regex, path_prefix, method, registry):
+    def get_operation(
+        self, path: str, path_regex: str, path_prefix: str, method: str, registry: Any
+    ) -> dict[str, Any] | None:
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
         if operation is None:
             return None

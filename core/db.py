@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 
 from core.money import CURRENCY_CODES
 
 
-def currency_field(**kwargs) -> models.CharField:
+def currency_field(**kwargs: Any) -> models.CharField:
     return models.CharField(max_length=3, help_text="ISO 4217 code, e.g. EUR", **kwargs)
 
 

@@ -120,7 +120,7 @@ def idempotency_key_parse(*, raw: str | None, required: bool) -> str | None:
     return raw
 
 
-def request_fingerprint(*, method: str, path: str, body: Any, query: Iterable[tuple[str, str]] = ()) -> str:
+def request_fingerprint(*, method: str, path: str, body: Any, query: Iterable[tuple[str, Any]] = ()) -> str:
     """SHA-256 hex over method, path, query and the parsed body as canonical JSON (sorted keys, no
     whitespace), so formatting and key order of the client's JSON do not matter."""
     if isinstance(body, QueryDict):
@@ -161,7 +161,7 @@ def idempotent(func: Callable | None = None, *, required: bool = True) -> Callab
                 view=view, request=request, call=lambda: view_func(*args, **kwargs), required=required
             )
 
-        wrapper.idempotency_required = required  # lets a static test list the protected views
+        wrapper.idempotency_required = required  # type: ignore[attr-defined]  # lets a static test list the protected views
         return wrapper
 
     return decorator(func) if func is not None else decorator
@@ -178,13 +178,14 @@ def _run_idempotently(*, view: Any, request: Request, call: Callable[[], Any], r
             code=ErrorCode.PERMISSION_DENIED,
             status_code=403,
         )
+    method = str(request.method)  # always set on a request that reached a view
     fingerprint = request_fingerprint(
-        method=request.method,
+        method=method,
         path=request.path,
         query=request.query_params.items(),
         body=request.data,
     )
-    claim = _claim(user=user, key=key, method=request.method, path=request.path, fingerprint=fingerprint)
+    claim = _claim(user=user, key=key, method=method, path=request.path, fingerprint=fingerprint)
     if isinstance(claim, Response):
         return claim
 
@@ -251,7 +252,8 @@ def _exception_response(*, view: Any, request: Request, exc: Exception) -> Respo
     """Render an exception as DRF would; re-raises what DRF would not handle (-> 500)."""
     if view is not None and hasattr(view, "handle_exception"):
         return view.handle_exception(exc)
-    response = api_settings.EXCEPTION_HANDLER(
+    # the stubs type the setting as its dotted path; api_settings has imported it by now
+    response = api_settings.EXCEPTION_HANDLER(  # type: ignore[operator]
         exc, {"request": request, "view": None, "args": (), "kwargs": {}}
     )
     if response is None:

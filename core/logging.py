@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -79,7 +79,7 @@ class RequestIdMiddleware:
         return response
 
 
-def _request_id_unbind(**_kwargs) -> None:
+def _request_id_unbind(**_kwargs: object) -> None:
     """Django logs a 4xx/5xx after the middleware returned: the id stays bound until the response
     is closed (`request_finished`), then is dropped so later lines of the thread carry none."""
     structlog.contextvars.unbind_contextvars("request_id")

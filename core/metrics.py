@@ -7,6 +7,8 @@ this process's memory (the demo, tests). Each service records with one clearly d
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter
 
 RENEWALS = Counter("billing_renewals", "Subscriptions taken by the renewal sweep, by outcome.", ["outcome"])
@@ -23,7 +25,7 @@ RATE_LIMIT_REFUSALS = Counter("api_rate_limit_refusals", "Requests refused by a 
 RENEWAL_OUTCOMES = ("renewed", "declined", "pending", "canceled", "skipped")
 
 
-def renewal_sweep_record(report) -> None:
+def renewal_sweep_record(report: Any) -> None:
     """Add a renewal sweep's `SweepReport` to the counters."""
     for outcome in RENEWAL_OUTCOMES:
         count = getattr(report, outcome)

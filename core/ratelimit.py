@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -22,6 +23,10 @@ from rest_framework.throttling import BaseThrottle
 
 from core.metrics import rate_limit_counted
 from core.redis import redis_client, redis_key
+
+if TYPE_CHECKING:
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -57,7 +62,7 @@ def rate_limit_hit(*, scope: str, ident: str, now: float | None = None) -> tuple
     return allowed, max(1, int((window + 1) * period - now))
 
 
-def client_address(request) -> str:
+def client_address(request: Any) -> str:
     """The caller's IP address, trusting `X-Forwarded-For` only for `settings.NUM_PROXIES` hops."""
     meta = getattr(request, "META", request)
     remote = meta.get("REMOTE_ADDR", "") or ""
@@ -79,14 +84,14 @@ class AtomicScopedThrottle(BaseThrottle):
 
     scope = ""
 
-    def allow_request(self, request, view) -> bool:
+    def allow_request(self, request: Request, view: APIView) -> bool:
         allowed, self._wait = rate_limit_hit(scope=self.scope, ident=self._ident(request))
         return allowed
 
     def wait(self) -> int:
         return self._wait
 
-    def _ident(self, request) -> str:
+    def _ident(self, request: Request) -> str:
         user = request.user
         vehicle = getattr(user, "vehicle", None)
         if vehicle is not None:

@@ -22,7 +22,7 @@ def transition_allowed(table: Mapping[str, frozenset[str]], current: str, to: st
 def transition_apply(
     obj: models.Model,
     *,
-    table: Mapping[str, frozenset[str]],
+    table: Mapping[Any, frozenset[Any]],  # a TextChoices -> frozenset[TextChoices] table too
     to: str,
     changes: Mapping[str, Any] | None = None,
     save: bool = True,

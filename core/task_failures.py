@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 import structlog
 from celery import current_app
@@ -30,13 +32,20 @@ MAX_TRIES = 5  # tries of a task that raises (the first + 4 retries)
 RETRY_BACKOFF_MAX_SECONDS = 300  # the longest countdown of a retry: below the broker's visibility timeout
 
 
-def _fingerprint(task_name: str, args, kwargs) -> str:
+def _fingerprint(task_name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None) -> str:
     payload = json.dumps([task_name, list(args or ()), dict(kwargs or {})], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def task_failure_record(
-    *, task_name: str, task_id: str, args, kwargs, error: str, tries: int = 1, at: datetime | None = None
+    *,
+    task_name: str,
+    task_id: str | None,
+    args: Iterable[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    error: str,
+    tries: int = 1,
+    at: datetime | None = None,
 ) -> TaskFailure:
     """Dead-letter a call, or count `tries` more failures on its open row. Own transaction."""
     at = at or timezone.now()
@@ -102,7 +111,7 @@ class DeadLetterTask(DjangoTask):
     retry_backoff_max = RETRY_BACKOFF_MAX_SECONDS
     retry_jitter = True
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         deliveries = _delivery_count(self)
         if deliveries > 1 + MAX_REDELIVERIES:
             log.error("task_dead_lettered_after_redeliveries", task=self.name, deliveries=deliveries)
@@ -117,7 +126,9 @@ class DeadLetterTask(DjangoTask):
             return None
         return super().__call__(*args, **kwargs)
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_failure(
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
         log.error("task_dead_lettered", task=self.name, task_id=task_id, error=repr(exc))
         try:
             task_failure_record(

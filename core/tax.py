@@ -21,7 +21,7 @@ EN 16931's check of BR-CO-17 tolerates that unit.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -103,7 +103,7 @@ def _round_to_sum(exact: Sequence[Fraction], target: int) -> list[int]:
 
 def tax_breakdown(lines: Sequence[TaxableLine], *, prices_include_tax: bool) -> TaxBreakdown:
     """Net, VAT and gross per (category, rate), computed once per rate; totals; line nets."""
-    groups: dict[Hashable, list[int]] = {}
+    groups: dict[tuple[str, Decimal], list[int]] = {}
     for index, line in enumerate(lines):
         if isinstance(line.amount_minor, bool) or not isinstance(line.amount_minor, int):
             raise TypeError(f"amount_minor must be an int, not {type(line.amount_minor).__name__}.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -39,7 +40,7 @@ def main() -> int:
 
     login = {"username": "anna@example.com", "password": "demo-password-1"}
     token = check(owner.post(f"{api}/auth/token/", login, content_type="application/json"), 200, "login")
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {token['access']}"}
+    auth: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token['access']}"}
     vehicle = check(owner.get(f"{api}/me/vehicles/", **auth), 200, "vehicles")["results"][0]
     offers = check(owner.get(f"{api}/me/vehicles/{vehicle['id']}/offers/", **auth), 200, "offers")
     unlock = next(o["code"] for o in offers if o["kind"] == "one_time" and not o["owned"])
@@ -50,7 +51,7 @@ def main() -> int:
     )
 
     def checkout(path: str, offer: str, step: str):
-        key = {"HTTP_IDEMPOTENCY_KEY": str(uuid.uuid4())}
+        key: dict[str, Any] = {"HTTP_IDEMPOTENCY_KEY": str(uuid.uuid4())}
         url = f"{api}/me/vehicles/{vehicle['id']}/{path}/"
         return check(
             owner.post(url, {"offer": offer}, content_type="application/json", **auth, **key), 201, step
@@ -59,7 +60,7 @@ def main() -> int:
     assert checkout("purchases", unlock, "buy")["status"] == "succeeded"
     assert checkout("subscriptions", plan, "subscribe")["status"] == plan_status
     issued = vehicle_credential_issue(vehicle=Vehicle.objects.get(pk=vehicle["id"]))
-    car = {"HTTP_AUTHORIZATION": issued.authorization}
+    car: dict[str, Any] = {"HTTP_AUTHORIZATION": issued.authorization}
     response = owner.get(f"{api}/vehicle/entitlements/", **car)
     features = {f["code"] for f in check(response, 200, "entitlements")["features"]}
     repeat = owner.get(f"{api}/vehicle/entitlements/", HTTP_IF_NONE_MATCH=response["ETag"], **car)

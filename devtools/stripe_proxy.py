@@ -333,7 +333,7 @@ class StripeProxy:
         pairs = parse_qsl(body.decode(), keep_blank_values=True) if method == "POST" else []
         form = dict(pairs)
         key = request.headers.get("Idempotency-Key") if method == "POST" else None
-        json_type = (("Content-Type", "application/json"),)
+        json_type: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
 
         if self._over_rate_limit():
             self._record(request, key, form, "rate_limited", 429)

@@ -55,7 +55,9 @@ def audit_history(model_admin, obj) -> str:
     )[-HISTORY_ROWS:]
     fields = [f for f in event_model._meta.concrete_fields if f.name not in _SKIPPED]
     user_ids = {e.pgh_context.metadata.get("user") for e in events if e.pgh_context} - {None}
-    users = dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
+    users: dict[Any, str] = dict(
+        get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username")
+    )
     rows, previous = [], None
     for event in events:
         context = event.pgh_context.metadata if event.pgh_context else {}

@@ -11,13 +11,16 @@ Secrets are never copied (a payment's client secret, a credential's hash).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pghistory
+from django.db import models
 
 from billing.models import Entitlement, Invoice, PaymentAttempt, Price, Refund, Subscription
 from vehicles.models import VehicleCredential
 
 
-def _events(model, name: str, *, exclude: list[str] | None = None):
+def _events(model: type[models.Model], name: str, *, exclude: list[str] | None = None) -> Any:
     """Insert, update and delete events (fresh trackers per model: pghistory binds them to it)."""
     trackers = (pghistory.InsertEvent(), pghistory.UpdateEvent(), pghistory.DeleteEvent())
     return pghistory.create_event_model(
@@ -25,35 +28,58 @@ def _events(model, name: str, *, exclude: list[str] | None = None):
     )
 
 
-class SubscriptionEvent(_events(Subscription, "SubscriptionEvent")):
+_SubscriptionEventBase: Any = _events(Subscription, "SubscriptionEvent")
+
+
+class SubscriptionEvent(_SubscriptionEventBase):
     pass
 
 
-class InvoiceEvent(_events(Invoice, "InvoiceEvent")):
+_InvoiceEventBase: Any = _events(Invoice, "InvoiceEvent")
+
+
+class InvoiceEvent(_InvoiceEventBase):
     pass
 
 
-class PaymentAttemptEvent(_events(PaymentAttempt, "PaymentAttemptEvent", exclude=["client_secret"])):
+_PaymentAttemptEventBase: Any = _events(PaymentAttempt, "PaymentAttemptEvent", exclude=["client_secret"])
+
+
+class PaymentAttemptEvent(_PaymentAttemptEventBase):
     pass
 
 
-class RefundEvent(_events(Refund, "RefundEvent")):
+_RefundEventBase: Any = _events(Refund, "RefundEvent")
+
+
+class RefundEvent(_RefundEventBase):
     pass
 
 
-class EntitlementEvent(_events(Entitlement, "EntitlementEvent")):
+_EntitlementEventBase: Any = _events(Entitlement, "EntitlementEvent")
+
+
+class EntitlementEvent(_EntitlementEventBase):
     pass
 
 
-class PriceEvent(_events(Price, "PriceEvent")):
+_PriceEventBase: Any = _events(Price, "PriceEvent")
+
+
+class PriceEvent(_PriceEventBase):
     pass
 
 
-class VehicleCredentialEvent(_events(VehicleCredential, "VehicleCredentialEvent", exclude=["secret_hash"])):
+_VehicleCredentialEventBase: Any = _events(
+    VehicleCredential, "VehicleCredentialEvent", exclude=["secret_hash"]
+)
+
+
+class VehicleCredentialEvent(_VehicleCredentialEventBase):
     pass
 
 
-EVENT_MODELS = {
+EVENT_MODELS: dict[type[models.Model], Any] = {
     Subscription: SubscriptionEvent,
     Invoice: InvoiceEvent,
     PaymentAttempt: PaymentAttemptEvent,

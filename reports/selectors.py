@@ -27,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
+from typing import Any
 
 from django.db.models import (
     Case,
@@ -154,7 +155,8 @@ def mrr_movements(*, start: datetime, end: datetime, months: int) -> list[MonthM
             .order_by("market__currency")
         )
         for row in rows:
-            moves = {name: twelfths_to_minor(row[name] or 0) for name in MOVEMENTS}
+            values: dict[str, Any] = dict(row)
+            moves = {name: twelfths_to_minor(values[name] or 0) for name in MOVEMENTS}
             result.append(
                 MonthMovements(
                     month=m0,
@@ -305,7 +307,7 @@ class RefundFigures:
 
 def refunds() -> list[RefundFigures]:
     """Per currency: succeeded refunds (count, sum) beside what paid invoices brought in. Two queries."""
-    refunded = {
+    refunded: dict[str, Any] = {
         r["currency"]: r
         for r in Refund.objects.filter(status=RefundStatus.SUCCEEDED)
         .values("currency")

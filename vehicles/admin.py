@@ -10,6 +10,8 @@ the admin, since a vehicle or owner carries rights and money.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
@@ -81,7 +83,7 @@ class OwnerAdmin(NoDeleteAdmin):
     search_fields = ("display_name", "email", "stripe_customer_id", "user__username")
     autocomplete_fields = ("user",)
     readonly_fields = ("stripe_customer_id", "created_at")
-    inlines = (OwnerOwnershipInline,)
+    inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin], ...]] = (OwnerOwnershipInline,)
     billing_readonly: tuple = ()  # set by billing.admin.vehicle_pages
 
     def get_readonly_fields(self, request, obj=None):
@@ -106,8 +108,8 @@ class VehicleAdmin(NoDeleteAdmin):
     list_select_related = ("market",)
     filter_horizontal = ("capabilities",)
     readonly_fields = ("id", "created_at")
-    inlines = (VehicleOwnershipInline,)
-    actions = (issue_vehicle_credential, revoke_vehicle_credentials)  # billing adds its own
+    inlines: ClassVar[tuple[type[admin.options.InlineModelAdmin], ...]] = (VehicleOwnershipInline,)
+    actions: tuple[Any, ...] = (issue_vehicle_credential, revoke_vehicle_credentials)  # billing adds its own
     billing_readonly: tuple = ()  # set by billing.admin.vehicle_pages
 
     def get_readonly_fields(self, request, obj=None):
@@ -125,7 +127,7 @@ class VehicleAdmin(NoDeleteAdmin):
 
     @admin.display(description="Current owner", ordering="current_owner_name")
     def current_owner(self, obj: Vehicle) -> str:
-        return obj.current_owner_name or "—"
+        return getattr(obj, "current_owner_name", None) or "—"  # annotated by get_queryset
 
 
 class CurrentOwnershipFilter(admin.SimpleListFilter):

@@ -145,6 +145,10 @@ class VehicleCredential(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
+    # not a column: the vehicle's state stamp, set in memory by the credential lookup
+    # (vehicles.services.credentials) for the ETag of the poll
+    state_version: str
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [

@@ -7,6 +7,8 @@ the runs' list starts a run and shows its report.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -17,6 +19,14 @@ from billing.admin.display import admin_link, money_column
 from billing.models import Dispute, DisputeSuspension, PaymentAttempt, ReconciliationRun
 from billing.services.stripe_reconciliation import ReconciliationAlreadyRunning, stripe_reconcile
 from core.admin import ReadOnlyAdmin
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Suspended(TypedDict):
+        suspended_count: int
+
+    DisputeWithCount = WithAnnotations[Dispute, _Suspended]
 
 
 class DisputeSuspensionInline(admin.TabularInline):
@@ -77,7 +87,7 @@ class DisputeAdmin(ReadOnlyAdmin):
         return str(obj.payment_attempt.owner)
 
     @admin.display(description="Entitlements suspended", ordering="suspended_count")
-    def suspended(self, obj: Dispute) -> int:
+    def suspended(self, obj: DisputeWithCount) -> int:
         return obj.suspended_count
 
 

@@ -35,8 +35,10 @@ class EntitlementGrantForm(forms.Form):
     def __init__(self, *args, admin_site: admin.AdminSite, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         vehicle = self.fields["vehicle"]
-        vehicle.widget = AutocompleteSelect(Entitlement._meta.get_field("vehicle"), admin_site)
-        vehicle.widget.choices = vehicle.choices
+        assert isinstance(vehicle, forms.ModelChoiceField)  # declared above
+        widget = AutocompleteSelect(Entitlement._meta.get_field("vehicle"), admin_site)
+        vehicle.widget = widget
+        widget.choices = vehicle.choices
 
 
 class ActiveNowFilter(admin.SimpleListFilter):
@@ -108,13 +110,13 @@ class EntitlementAdmin(admin.ModelAdmin):
     @admin.display(description="Source detail")
     def source_detail(self, obj: Entitlement) -> str:
         """Who paid or why: a link to the purchase/subscription/offer, or the grant's reason."""
-        if obj.source == EntitlementSource.PURCHASE and obj.purchase_id:
+        if obj.source == EntitlementSource.PURCHASE and obj.purchase is not None:
             text = f"Purchase {short_id(obj.purchase_id)} of {obj.purchase.offer.code}"
             return admin_link(Purchase, obj.purchase_id, text)
-        if obj.source == EntitlementSource.SUBSCRIPTION and obj.subscription_id:
+        if obj.source == EntitlementSource.SUBSCRIPTION and obj.subscription is not None:
             text = f"Subscription {short_id(obj.subscription_id)} to {obj.subscription.offer.code}"
             return admin_link(Subscription, obj.subscription_id, text)
-        if obj.source == EntitlementSource.INCLUDED and obj.offer_id:
+        if obj.source == EntitlementSource.INCLUDED and obj.offer is not None:
             return format_html("Included: {}", admin_link(Offer, obj.offer_id, obj.offer.code))
         if obj.source == EntitlementSource.GRANT:
             return format_html("Granted by {}: {}", obj.granted_by or "?", obj.reason)

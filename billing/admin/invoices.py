@@ -134,7 +134,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.display(description="VIN", ordering="vehicle__vin")
     def vehicle_vin(self, obj: Invoice) -> str:
-        return obj.vehicle.vin if obj.vehicle_id else "—"
+        return obj.vehicle.vin if obj.vehicle is not None else "—"
 
     @admin.display(description="Document")
     def pdf(self, obj: Invoice) -> str:

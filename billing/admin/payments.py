@@ -3,6 +3,8 @@ Read-only: only the payment services and the reconciler change them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 import structlog
 from django import forms
 from django.contrib import admin, messages
@@ -21,6 +23,14 @@ from billing.services.refunds import refund_in_full_or_raise, refund_retry_now, 
 from core.admin import ReadOnlyAdmin
 from core.errors import BillingError
 from core.money import format_money, parse_money
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _Refunded(TypedDict):
+        refunded_minor: int | None  # Sum of the succeeded refunds (None: none)
+
+    PaymentWithRefunded = WithAnnotations[PaymentAttempt, _Refunded]
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +177,7 @@ class PaymentAttemptAdmin(ReadOnlyAdmin):
         )
 
     @admin.display(description="Refunded", ordering="refunded_minor")
-    def refunded(self, obj: PaymentAttempt) -> str:
+    def refunded(self, obj: PaymentWithRefunded) -> str:
         if not obj.refunded_minor:
             return "—"
         share = "in full" if obj.refunded_minor >= obj.amount_minor else "partly"

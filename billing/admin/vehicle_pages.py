@@ -7,6 +7,8 @@ Every inline and summary reads with a fixed number of queries, whatever the car'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from django.contrib import admin
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
@@ -29,6 +31,9 @@ from billing.selectors import features_active_at
 from core.money import format_money
 from vehicles.admin import OwnerAdmin, VehicleAdmin
 from vehicles.models import Owner, Vehicle
+
+if TYPE_CHECKING:
+    from billing.admin.payments import PaymentWithRefunded
 
 
 class ReadOnlyTabular(admin.TabularInline):
@@ -118,7 +123,7 @@ def _table(headers: tuple[str, ...], rows: list[tuple]) -> str:
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
-def _refunded(attempt: PaymentAttempt) -> str:
+def _refunded(attempt: PaymentWithRefunded) -> str:
     if not attempt.refunded_minor:
         return "—"
     share = "in full" if attempt.refunded_minor >= attempt.amount_minor else "partly"
@@ -220,7 +225,7 @@ def owner_money(obj: Owner) -> str:
         .order_by()
         .values_list("currency", "total")
     )
-    refunded = {
+    refunded: dict[str, Any] = {
         row["currency"]: row
         for row in Refund.objects.filter(payment_attempt__owner=obj, status=RefundStatus.SUCCEEDED)
         .values("currency")

@@ -11,6 +11,7 @@ from billing.models import (
     AttemptStatus,
     Invoice,
     InvoiceLine,
+    Offer,
     PaymentAttempt,
     PaymentMethod,
     Purchase,
@@ -107,7 +108,7 @@ class SubscriptionSerializer(serializers.ModelSerializer):
     offer = serializers.CharField(source="offer.code")
     vehicle = serializers.UUIDField(source="vehicle_id")
     price = MoneyField("price.amount_minor", "price.currency")
-    pending_offer = serializers.SlugRelatedField(
+    pending_offer: serializers.SlugRelatedField[Offer] = serializers.SlugRelatedField(
         slug_field="code", read_only=True, allow_null=True, help_text="A downgrade applied at period end."
     )
 
@@ -192,7 +193,8 @@ class InvoiceSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(RefundSerializer(many=True))
     def get_refunds(self, invoice) -> list[dict]:
-        return RefundSerializer(_invoice_refunds(invoice), many=True).data
+        # many=True: a ReturnList (the stubs type `.data` as a ReturnDict)
+        return RefundSerializer(_invoice_refunds(invoice), many=True).data  # type: ignore[return-value]
 
     class Meta:
         model = Invoice

@@ -43,6 +43,16 @@ from typing import Any, Literal, Protocol
 import stripe
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from stripe.params import (
+    CustomerCreateParams,
+    CustomerUpdateParams,
+    EventListParams,
+    PaymentIntentCreateParams,
+    PaymentIntentListParams,
+    RefundCreateParams,
+    RefundListParams,
+    SetupIntentCreateParams,
+)
 
 from core.errors import BillingError, ErrorCode
 from core.money import Money
@@ -66,7 +76,7 @@ ChargeStatus = Literal["succeeded", "requires_action", "processing", "declined"]
 @dataclass(frozen=True, slots=True)
 class SetupIntentResult:
     id: str
-    client_secret: str
+    client_secret: str | None  # Stripe's type: always set on a SetupIntent we created
     status: str
 
 
@@ -95,7 +105,7 @@ class ChargeResult:
 @dataclass(frozen=True, slots=True)
 class RefundResult:
     id: str
-    status: str  # Stripe's: pending | requires_action | succeeded | failed | canceled
+    status: str | None  # Stripe's: pending | requires_action | succeeded | failed | canceled
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -252,7 +262,7 @@ def _require_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 # -- operations ---------------------------------------------------------------------------------
 def customer_create(*, email: str, name: str, metadata: dict[str, str], idempotency_key: str) -> str:
-    params = {"email": email, "name": name, "metadata": _require_metadata(metadata)}
+    params: CustomerCreateParams = {"email": email, "name": name, "metadata": _require_metadata(metadata)}
     try:
         customer = _client().v1.customers.create(
             params, options={"idempotency_key": _require_key(idempotency_key)}
@@ -264,7 +274,12 @@ def customer_create(*, email: str, name: str, metadata: dict[str, str], idempote
 
 def setup_intent_create(*, customer_id: str, idempotency_key: str) -> SetupIntentResult:
     """A SetupIntent to save a card for later off-session charges (confirmed client-side)."""
-    params = {"customer": customer_id, "usage": "off_session", "payment_method_types": ["card"]}
+    params: SetupIntentCreateParams = {
+        "customer": customer_id,
+        "usage": "off_session",
+        # accepted by the API; the SDK's types no longer list it
+        "payment_method_types": ["card"],  # type: ignore[typeddict-unknown-key]
+    }
     try:
         intent = _client().v1.setup_intents.create(
             params, options={"idempotency_key": _require_key(idempotency_key)}
@@ -295,7 +310,7 @@ def payment_method_attach(*, customer_id: str, payment_method_id: str) -> Paymen
 
 
 def customer_set_default_payment_method(*, customer_id: str, payment_method_id: str) -> None:
-    params = {"invoice_settings": {"default_payment_method": payment_method_id}}
+    params: CustomerUpdateParams = {"invoice_settings": {"default_payment_method": payment_method_id}}
     try:
         _client().v1.customers.update(customer_id, params)
     except stripe.StripeError as exc:
@@ -315,12 +330,13 @@ def payment_intent_create(
 
     Raises `UnknownOutcome` when the charge may or may not exist: retry with the SAME key.
     """
-    params = {
+    params: PaymentIntentCreateParams = {
         "amount": to_stripe_amount(amount),
         "currency": amount.currency.lower(),
         "customer": customer_id,
         "payment_method": payment_method_id,
-        "payment_method_types": ["card"],  # no redirect methods, so no `return_url` is needed
+        # no redirect methods, so no `return_url` is needed (the SDK's types no longer list it)
+        "payment_method_types": ["card"],  # type: ignore[typeddict-unknown-key]
         "confirm": True,
         "off_session": off_session,
         "metadata": _require_metadata(metadata),
@@ -395,7 +411,7 @@ def refund_create(
 ) -> RefundResult:
     """Refund part or all of a PaymentIntent. Stripe (and localstripe) may not refuse an
     over-refund: the caller guards the sum under a lock."""
-    params = {
+    params: RefundCreateParams = {
         "payment_intent": payment_intent_id,
         "amount": to_stripe_amount(amount),
         "metadata": _require_metadata(metadata),
@@ -494,7 +510,7 @@ class RefundRecord:
     """A refund as listed by Stripe. `amount` is Stripe's, converted back: check it."""
 
     id: str
-    status: str
+    status: str | None
     amount: Money | None
     payment_intent_id: str | None
     metadata: dict[str, str]
@@ -521,7 +537,7 @@ def _since(created_after: datetime) -> int:
 def events_list(*, created_after: datetime) -> Iterator[dict[str, Any]]:
     """Every event Stripe created since `created_after` (Stripe keeps 30 days), as plain JSON data
     like a webhook's body. Pages lazily; a failed page raises `PaymentProviderUnavailable`."""
-    params = {"created": {"gte": _since(created_after)}, "limit": 100}
+    params: EventListParams = {"created": {"gte": _since(created_after)}, "limit": 100}
     try:
         for event in _client().v1.events.list(params).auto_paging_iter():
             yield event.to_dict(for_json=True)
@@ -533,7 +549,7 @@ def payment_intents_list(*, created_after: datetime) -> Iterator[ChargeResult]:
     """PaymentIntents created since `created_after`. localstripe filters by nothing: we page
     through all of them and filter here (fit for tests only, like the metadata look-up)."""
     since = _since(created_after)
-    params: dict[str, Any] = {"limit": 100}
+    params: PaymentIntentListParams = {"limit": 100}
     if not uses_localstripe():
         params["created"] = {"gte": since}
     try:
@@ -547,7 +563,7 @@ def payment_intents_list(*, created_after: datetime) -> Iterator[ChargeResult]:
 def refunds_list(*, created_after: datetime) -> Iterator[RefundRecord]:
     """Refunds created since `created_after` (filtered here for localstripe, as above)."""
     since = _since(created_after)
-    params: dict[str, Any] = {"limit": 100}
+    params: RefundListParams = {"limit": 100}
     if not uses_localstripe():
         params["created"] = {"gte": since}
     try:
@@ -679,10 +695,12 @@ def _charge_result_from_card_error(exc: stripe.CardError) -> ChargeResult:
     """402 on create+confirm: real Stripe puts the PaymentIntent in the error; localstripe only
     the charge id, so we look its PaymentIntent up (best effort: the decline itself is certain)."""
     intent = _get(exc.error, "payment_intent")
-    if intent is None and _get(exc.error, "charge"):
+    charge_id = _get(exc.error, "charge")
+    if intent is None and charge_id:
         try:
-            charge = _client().v1.charges.retrieve(exc.error.charge)
-            intent = _client().v1.payment_intents.retrieve(charge.payment_intent)
+            charge = _client().v1.charges.retrieve(charge_id)
+            intent_id = _id_of(charge.payment_intent)
+            intent = _client().v1.payment_intents.retrieve(intent_id) if intent_id else None
         except stripe.StripeError:
             intent = None
     message = exc.user_message

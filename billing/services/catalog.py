@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, TypedDict
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 from packaging.version import InvalidVersion, Version
 
 from billing.models import Feature, Offer, Price
 from core.errors import BusinessRuleViolation, ErrorCode, NotFound
 from vehicles.models import Vehicle
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _MarketPrices(TypedDict):
+        market_prices: list[Price]  # Prefetch(to_attr=...): the market's prices, newest version first
+
+    OfferWithPrices = WithAnnotations[Offer, _MarketPrices]
 
 
 @dataclass(frozen=True)
@@ -48,10 +57,10 @@ def feature_incompatibilities(
     return problems
 
 
-def offers_with_catalog_prefetch(*, market_id: int, at: datetime):
+def offers_with_catalog_prefetch(*, market_id: int, at: datetime) -> QuerySet[OfferWithPrices]:
     """Active offers with everything the compatibility check and pricing need, in 4 queries."""
     prices = Price.objects.filter(market_id=market_id, valid_from__lte=at).order_by("-version")
-    return (
+    offers: QuerySet[OfferWithPrices] = (
         Offer.objects.filter(is_active=True)
         .prefetch_related(
             Prefetch(
@@ -61,6 +70,7 @@ def offers_with_catalog_prefetch(*, market_id: int, at: datetime):
         )
         .order_by("code")
     )
+    return offers
 
 
 def offer_for_vehicle(*, vehicle: Vehicle, offer_code: str, at: datetime) -> tuple[Offer, Price]:

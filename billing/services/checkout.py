@@ -73,8 +73,9 @@ def invoice_charge(
             code=ErrorCode.PAYMENT_DECLINED,
             details={"decline_code": attempt.error_code, "payment": str(attempt.pk)},
         )
-    status = {
+    statuses: dict[str, str] = {
         AttemptStatus.SUCCEEDED: "succeeded",
         AttemptStatus.REQUIRES_ACTION: "requires_action",
-    }.get(attempt.status, "processing")
+    }
+    status = statuses.get(attempt.status, "processing")
     return status, attempt

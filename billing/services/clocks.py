@@ -13,9 +13,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.models import Subscription, SubscriptionStatus, TestClock, TestClockOwner
@@ -47,7 +49,7 @@ def clock_now(*, owner_id: int | None = None) -> datetime:
     return timezone.now()
 
 
-def owners_on_test_clocks():
+def owners_on_test_clocks() -> QuerySet[TestClockOwner, Any]:
     """Owner ids the real-time sweeps must leave to their test clock (a subquery)."""
     return TestClockOwner.objects.values("owner_id")
 
@@ -59,7 +61,7 @@ def _refuse_in_production() -> None:
         )
 
 
-def test_clock_create(*, name: str, at: datetime | None = None, created_by=None) -> TestClock:
+def test_clock_create(*, name: str, at: datetime | None = None, created_by: Any = None) -> TestClock:
     _refuse_in_production()
     return TestClock.objects.create(name=name, frozen_time=at or timezone.now(), created_by=created_by)
 
@@ -71,7 +73,7 @@ def test_clock_attach(*, clock: TestClock, owner: Owner) -> TestClockOwner:
     return membership
 
 
-def test_clock_for_owner(*, owner: Owner, created_by=None) -> TestClock:
+def test_clock_for_owner(*, owner: Owner, created_by: Any = None) -> TestClock:
     """The owner's clock, created at the real time (and attached) if they have none."""
     membership = TestClockOwner.objects.select_related("clock").filter(owner=owner).first()
     if membership is not None:
@@ -101,6 +103,7 @@ def advance_target(*, clock: TestClock, by: str | None = None, to: datetime | No
         if to.tzinfo is None:
             raise ValidationError("`to` must carry a timezone (e.g. 2027-03-01T00:00:00Z).")
         return to
+    assert by is not None  # exactly one of `by` and `to`
     step = parse_duration(by)
     if isinstance(step, int):
         return add_interval(clock.frozen_time, interval=Interval.MONTH, count=step)
@@ -150,6 +153,7 @@ def _next_boundary(*, owner_ids: list[int], after: datetime, until: datetime) ->
     for since, days in subscriptions.filter(
         status=SubscriptionStatus.UNPAID, unpaid_since__isnull=False
     ).values_list("unpaid_since", "offer__unpaid_cancel_days"):
+        assert since is not None  # filtered on it
         due = since + timedelta(days=days)
         if after < due <= until:
             candidates.append(due)
@@ -157,6 +161,7 @@ def _next_boundary(*, owner_ids: list[int], after: datetime, until: datetime) ->
     for trial_end in subscriptions.filter(
         status=SubscriptionStatus.TRIALING, trial_end__isnull=False, trial_reminder_sent_at__isnull=True
     ).values_list("trial_end", flat=True):
+        assert trial_end is not None  # filtered on it
         due = trial_end - lead
         if after < due <= until:
             candidates.append(due)

@@ -78,10 +78,11 @@ def invoice_rates_left_to_credit(*, invoice: Invoice) -> list[RateTotal]:
 
 
 def _describe(rate: RateTotal, invoice: Invoice) -> str:
-    what = {
+    labels: dict[str, str] = {
         VatCategory.REVERSE_CHARGE: "reverse charge",
         VatCategory.OUTSIDE_SCOPE: "not subject to VAT",
-    }.get(rate.category, f"VAT {rate.rate * 100:g} %")
+    }
+    what = labels.get(rate.category, f"VAT {rate.rate * 100:g} %")
     return f"Credit on invoice {invoice.number} ({what})"
 
 

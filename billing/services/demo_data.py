@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
@@ -167,7 +167,7 @@ ALL = ("DE", "FR", "US", "JP")
 
 def _prices(eur: int, usd: int, jpy: int | None, markets: tuple[str, ...] = ALL) -> dict[str, int]:
     by_currency = {"DE": eur, "FR": eur, "US": usd, "JP": jpy}
-    return {m: by_currency[m] for m in markets if by_currency[m] is not None}
+    return {m: amount for m in markets if (amount := by_currency[m]) is not None}
 
 
 OFFERS = [
@@ -490,8 +490,11 @@ class _Tally:
         return [SeedCount(label, self.total[label], self.new[label]) for label in self.total]
 
 
-def _upsert(tally: _Tally, label: str, model: type[models.Model], defaults: dict[str, Any], **keys: Any):
-    obj, created = model.objects.update_or_create(defaults=defaults, **keys)
+_M = TypeVar("_M", bound=models.Model)
+
+
+def _upsert(tally: _Tally, label: str, model: type[_M], defaults: dict[str, Any], **keys: Any) -> _M:
+    obj, created = model._default_manager.update_or_create(defaults=defaults, **keys)
     tally.add(label, created)
     return obj
 
@@ -669,6 +672,7 @@ def _seed_subscriptions(tally: _Tally, vehicles: dict[str, Vehicle], now: dateti
             # months ago: withdrawal periods and history count from when they began.
             subscription.created_at = min(started_at, now)
             Subscription.objects.filter(pk=subscription.pk).update(created_at=subscription.created_at)
+        assert subscription is not None  # found or created above
         tally.add("subscriptions", created)
         if trial_end:
             for feature in offer.features.all():
@@ -691,6 +695,7 @@ def _seed_subscriptions(tally: _Tally, vehicles: dict[str, Vehicle], now: dateti
         vehicle = vehicles[vin]
         offer = Offer.objects.get(code=offer_code)
         starts_at = vehicle.delivered_at
+        assert starts_at is not None  # the demo's cars with an included offer were delivered
         ends_at = add_interval(starts_at, interval=Interval.MONTH, count=offer.included_months_with_new_car)
         before = Entitlement.objects.filter(vehicle=vehicle, offer=offer).count()
         granted = entitlements_grant_included(

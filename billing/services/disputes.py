@@ -19,6 +19,7 @@ and `.closed` alike. It is idempotent and order-independent:
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import structlog
 from django.db import transaction
@@ -136,6 +137,7 @@ def _our_disputed_payment(info: gateway.DisputeInfo) -> PaymentAttempt:
 def _open(*, info: gateway.DisputeInfo, attempt: PaymentAttempt, at: datetime) -> Dispute:
     offer = _offer_of(attempt.invoice)
     policy = offer.dispute_policy if offer is not None else Offer.DisputePolicy.KEEP
+    assert info.amount is not None  # a dispute always disputes an amount
     dispute = Dispute.objects.create(
         stripe_dispute_id=info.id,
         payment_attempt=attempt,
@@ -154,7 +156,7 @@ def _open(*, info: gateway.DisputeInfo, attempt: PaymentAttempt, at: datetime) -
                 dispute=dispute,
                 entitlement=entitlement,
                 original_ends_at=original,
-                suspended_ends_at=entitlement.ends_at,
+                suspended_ends_at=cast(datetime, entitlement.ends_at),  # the suspension ended it
             )
             for entitlement, original in entitlements_suspend(entitlement_ids=ids, at=at)
         )
@@ -227,24 +229,27 @@ def _end_to_restore(suspension: DisputeSuspension) -> datetime | None:
 
 
 def _offer_of(invoice: Invoice) -> Offer | None:
-    if invoice.kind == InvoiceKind.PURCHASE and invoice.purchase_id:
+    if invoice.kind == InvoiceKind.PURCHASE and invoice.purchase is not None:
         return invoice.purchase.offer
-    if invoice.kind == InvoiceKind.PLAN_CHANGE and invoice.change_to_price_id:
+    if invoice.kind == InvoiceKind.PLAN_CHANGE and invoice.change_to_price is not None:
         return invoice.change_to_price.offer
-    return invoice.subscription.offer if invoice.subscription_id else None
+    return invoice.subscription.offer if invoice.subscription is not None else None
 
 
 def _entitlements_paid_by(invoice: Invoice) -> QuerySet[Entitlement]:
     """The rows the invoice's payment paid for: the purchase's, the period's, or those the plan
     change granted when it was paid."""
     if invoice.kind == InvoiceKind.PURCHASE:
+        assert invoice.purchase_id is not None  # a purchase's invoice
         return Entitlement.objects.filter(purchase_id=invoice.purchase_id)
     if invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD and invoice.period_start and invoice.period_end:
+        assert invoice.subscription_id is not None  # a period's invoice
         return Entitlement.objects.filter(
             subscription_id=invoice.subscription_id,
             starts_at__gte=invoice.period_start,
             starts_at__lt=invoice.period_end,
         )
     if invoice.kind == InvoiceKind.PLAN_CHANGE and invoice.paid_at:
+        assert invoice.subscription_id is not None  # a plan change's invoice
         return Entitlement.objects.filter(subscription_id=invoice.subscription_id, starts_at=invoice.paid_at)
     return Entitlement.objects.none()

@@ -9,11 +9,13 @@ Nothing here computes tax; amounts are only formatted in the currency's exponent
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import facturx
 from fpdf import FPDF
@@ -106,7 +108,7 @@ def _buyer_party(owner: Owner, vat_id: str) -> Party:
     )
 
 
-def _rate_totals(rows) -> tuple[RateTotal, ...]:
+def _rate_totals(rows: Iterable[Any]) -> tuple[RateTotal, ...]:
     return tuple(
         RateTotal(r.vat_category, r.rate.normalize(), r.net_minor, r.tax_minor, r.gross_minor) for r in rows
     )
@@ -149,7 +151,7 @@ def invoice_document(invoice: Invoice) -> Document:
         total_minor=invoice.total_minor,
         prices_include_tax=invoice.prices_include_tax,
         settled=invoice.status == InvoiceStatus.PAID,
-        vin=invoice.vehicle.vin if invoice.vehicle_id else "",
+        vin=invoice.vehicle.vin if invoice.vehicle is not None else "",
     )
     return _with_notes(document)
 
@@ -180,7 +182,7 @@ def credit_note_document(note: CreditNote) -> Document:
         total_minor=note.total_minor,
         prices_include_tax=invoice.prices_include_tax,
         settled=True,  # issued when the refund succeeded
-        vin=invoice.vehicle.vin if invoice.vehicle_id else "",
+        vin=invoice.vehicle.vin if invoice.vehicle is not None else "",
         referenced_number=invoice.number or "",
         referenced_issued_at=invoice.finalized_at,
         notes=(f"Reason: {note.reason}",) if note.reason else (),
@@ -221,7 +223,7 @@ NS = {
 }
 
 
-def _el(parent, tag: str, text: str | None = None, **attrs: str):
+def _el(parent: Any, tag: str, text: str | None = None, **attrs: str) -> Any:  # lxml elements
     prefix, name = tag.split(":")
     element = etree.SubElement(parent, f"{{{NS[prefix]}}}{name}", attrs)
     if text is not None:
@@ -229,11 +231,11 @@ def _el(parent, tag: str, text: str | None = None, **attrs: str):
     return element
 
 
-def _date(parent, tag: str, when: datetime, *, kind: str = "udt") -> None:
+def _date(parent: Any, tag: str, when: datetime, *, kind: str = "udt") -> None:
     _el(_el(parent, tag), f"{kind}:DateTimeString", f"{when:%Y%m%d}", format="102")
 
 
-def _party(parent, tag: str, party: Party) -> None:
+def _party(parent: Any, tag: str, party: Party) -> None:
     node = _el(parent, tag)
     _el(node, "ram:Name", party.name)
     address = _el(node, "ram:PostalTradeAddress")
@@ -248,7 +250,7 @@ def _party(parent, tag: str, party: Party) -> None:
         _el(_el(node, "ram:SpecifiedTaxRegistration"), "ram:ID", party.vat_id, schemeID="VA")
 
 
-def _tax(parent, category: str, rate: Decimal) -> None:
+def _tax(parent: Any, category: str, rate: Decimal) -> None:
     node = _el(parent, "ram:ApplicableTradeTax")
     _el(node, "ram:TypeCode", "VAT")
     _el(node, "ram:CategoryCode", category)

@@ -21,14 +21,21 @@ take rows with SKIP LOCKED and lease them, so concurrent runs retry each subscri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 
 from billing.models import Invoice, InvoiceStatus, PaymentMethod, Subscription, SubscriptionStatus
+
+if TYPE_CHECKING:
+    from billing.models import TestClockOwner
 from billing.services import outbound_events
 from billing.services.entitlements import entitlements_end, entitlements_grant_grace
 from billing.services.transitions import invoice_transition, subscription_transition
@@ -43,7 +50,7 @@ def _grace_days(subscription: Subscription) -> int:
     return offer_days if offer_days is not None else subscription.vehicle.market.dunning_grace_days
 
 
-def _on_clocks():
+def _on_clocks() -> QuerySet[TestClockOwner, Any]:
     from billing.services.clocks import owners_on_test_clocks  # clocks imports this module's callers
 
     return owners_on_test_clocks()
@@ -130,7 +137,7 @@ class DunningReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _claim_due_retries(*, at: datetime, limit: int, owner_ids=None) -> list[tuple]:
+def _claim_due_retries(*, at: datetime, limit: int, owner_ids: Iterable[int] | None = None) -> list[tuple]:
     with transaction.atomic():
         due = Subscription.objects.select_for_update(skip_locked=True).filter(
             status=SubscriptionStatus.PAST_DUE, next_retry_at__lte=at, dunning_invoice__isnull=False
@@ -150,7 +157,9 @@ def _claim_due_retries(*, at: datetime, limit: int, owner_ids=None) -> list[tupl
     return rows
 
 
-def dunning_retries_due(*, at: datetime, limit: int = 200, owner_ids=None) -> DunningReport:
+def dunning_retries_due(
+    *, at: datetime, limit: int = 200, owner_ids: Iterable[int] | None = None
+) -> DunningReport:
     """Retry every past-due subscription whose retry is due at `at`; isolated per row."""
     report = DunningReport()
     for subscription_id, invoice_id, _due in _claim_due_retries(at=at, limit=limit, owner_ids=owner_ids):
@@ -158,7 +167,7 @@ def dunning_retries_due(*, at: datetime, limit: int = 200, owner_ids=None) -> Du
     return report
 
 
-def dunning_retry_now(*, subscription_id, at: datetime) -> DunningReport:
+def dunning_retry_now(*, subscription_id: UUID | str, at: datetime) -> DunningReport:
     """An operator's "retry now": charge the open invoice of a past-due or unpaid subscription
     with the owner's default card at once (a success ends dunning and restores the period)."""
     with transaction.atomic():
@@ -178,13 +187,16 @@ def dunning_retry_now(*, subscription_id, at: datetime) -> DunningReport:
             subscription.next_retry_at = at + RETRY_LEASE  # leased like a scheduled retry
             subscription.save(update_fields=["next_retry_at", "updated_at"])
     report = DunningReport()
+    assert subscription.dunning_invoice_id is not None  # checked above
     _retry_one(
         subscription_id=subscription.pk, invoice_id=subscription.dunning_invoice_id, at=at, report=report
     )
     return report
 
 
-def _retry_one(*, subscription_id, invoice_id, at: datetime, report: DunningReport) -> None:
+def _retry_one(
+    *, subscription_id: UUID | str, invoice_id: UUID | str, at: datetime, report: DunningReport
+) -> None:
     from billing.services.checkout import invoice_charge  # checkout -> payments -> fulfilment -> here
 
     report.retried += 1
@@ -224,7 +236,9 @@ def dunning_decline_without_card(*, invoice: Invoice, at: datetime) -> None:
         invoice_fulfil_failed(invoice=locked, at=at)
 
 
-def unpaid_subscriptions_cancel_due(*, at: datetime, limit: int = 200, owner_ids=None) -> int:
+def unpaid_subscriptions_cancel_due(
+    *, at: datetime, limit: int = 200, owner_ids: Iterable[int] | None = None
+) -> int:
     """Cancel unpaid subscriptions whose plan's waiting time is over; their invoice becomes uncollectible."""
     canceled = 0
     with transaction.atomic():
@@ -239,6 +253,7 @@ def unpaid_subscriptions_cancel_due(*, at: datetime, limit: int = 200, owner_ids
             else rows.exclude(owner_id__in=_on_clocks())
         )
         for subscription in rows.order_by("unpaid_since")[:limit]:
+            assert subscription.unpaid_since is not None  # filtered on it
             if subscription.unpaid_since + timedelta(days=subscription.offer.unpaid_cancel_days) > at:
                 continue
             subscription_transition(
@@ -256,7 +271,7 @@ def trial_reminder_lead() -> timedelta:
     return timedelta(hours=getattr(settings, "TRIAL_REMINDER_HOURS", 72))
 
 
-def trial_reminders_due(*, at: datetime, limit: int = 500, owner_ids=None) -> int:
+def trial_reminders_due(*, at: datetime, limit: int = 500, owner_ids: Iterable[int] | None = None) -> int:
     """Mark (once) the trials ending within the reminder lead time; the event goes to the outbox
     once it exists, and to the log now."""
     with transaction.atomic():
@@ -280,7 +295,7 @@ def trial_reminders_due(*, at: datetime, limit: int = 500, owner_ids=None) -> in
     return len(ids)
 
 
-def dunning_sweep(*, at: datetime, owner_ids=None) -> DunningReport:
+def dunning_sweep(*, at: datetime, owner_ids: Iterable[int] | None = None) -> DunningReport:
     """Everything dunning does at `at`: trial reminders, due retries, unpaid cancellations."""
     report = dunning_retries_due(at=at, owner_ids=owner_ids)
     report.canceled = unpaid_subscriptions_cancel_due(at=at, owner_ids=owner_ids)

@@ -8,6 +8,8 @@ Every grant is idempotent (database constraints + get_or_create), so a retried t
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -133,7 +135,7 @@ def entitlement_grant_admin(
     *,
     vehicle: Vehicle,
     feature: Feature,
-    granted_by,
+    granted_by: Any,
     starts_at: datetime,
     ends_at: datetime | None,
     reason: str,
@@ -178,7 +180,9 @@ def entitlements_end(
     if periods_from is not None:
         rows = rows.filter(starts_at__gte=periods_from)
     with transaction.atomic():
-        vehicle_state_changed((subscription or purchase).vehicle_id)
+        source = subscription or purchase
+        assert source is not None  # checked above
+        vehicle_state_changed(source.vehicle_id)
         # -- ended, never deleted: a not-yet-started row keeps a one-microsecond period (issue 10) --
         removed = (
             rows.filter(starts_at__gte=at)
@@ -213,7 +217,9 @@ def entitlements_suspend(*, entitlement_ids: list, at: datetime) -> list[tuple[E
     return suspended
 
 
-def entitlement_restore(*, entitlement_id, suspended_ends_at: datetime, ends_at: datetime | None) -> bool:
+def entitlement_restore(
+    *, entitlement_id: UUID | str, suspended_ends_at: datetime, ends_at: datetime | None
+) -> bool:
     """Put back the end a dispute suspension took away, unless something else has ended the row
     since (then its current end stands). Returns whether it was restored."""
     with transaction.atomic():

@@ -9,6 +9,7 @@ can no longer be delivered is refunded by the caller, never applied to anything 
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from billing.models import (
     Invoice,
@@ -31,7 +32,7 @@ from billing.services.transitions import invoice_transition, purchase_transition
 from vehicles.models import Ownership
 
 
-def _current_owner_id(vehicle_id) -> int | None:
+def _current_owner_id(vehicle_id: UUID | str) -> int | None:
     return (
         Ownership.objects.filter(vehicle_id=vehicle_id, ends_at__isnull=True)
         .values_list("owner_id", flat=True)
@@ -47,10 +48,12 @@ def invoice_undeliverable_reason(*, invoice: Invoice, owner_id: int, at: datetim
     if invoice.vehicle_id is not None and _current_owner_id(invoice.vehicle_id) != owner_id:
         return "the vehicle changed hands before the payment settled"
     if invoice.kind == InvoiceKind.PURCHASE:
+        assert invoice.purchase_id is not None  # a purchase's invoice
         purchase = Purchase.objects.get(pk=invoice.purchase_id)
         if purchase.status != PurchaseStatus.PENDING:
             return f"the purchase is {purchase.status}"
         return None
+    assert invoice.subscription_id is not None  # the other kinds are a subscription's
     subscription = Subscription.objects.get(pk=invoice.subscription_id)
     payable = (*LIVE_SUBSCRIPTION_STATUSES, SubscriptionStatus.UNPAID)  # unpaid: paying restores it
     if subscription.status not in payable or (
@@ -59,6 +62,7 @@ def invoice_undeliverable_reason(*, invoice: Invoice, owner_id: int, at: datetim
         return f"the subscription is {subscription.status}"
     if invoice.kind == InvoiceKind.PLAN_CHANGE:
         target = invoice.change_to_price
+        assert target is not None  # a plan change names its price
         if subscription.status != SubscriptionStatus.ACTIVE:
             return f"plans change only on an active subscription, this one is {subscription.status}"
         if subscription.offer_id == target.offer_id:
@@ -78,11 +82,13 @@ def invoice_undeliverable_reason(*, invoice: Invoice, owner_id: int, at: datetim
 def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
     invoice_transition(invoice=invoice, to=InvoiceStatus.PAID, at=at)
     if invoice.kind == InvoiceKind.PURCHASE:
+        assert invoice.purchase_id is not None  # a purchase's invoice
         purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
         purchase_transition(purchase=purchase, to=PurchaseStatus.PAID, paid_at=at)
         entitlements_grant_for_purchase(purchase=purchase, starts_at=at)
         outbound_events.invoice_paid(invoice)  # outbox
         return
+    assert invoice.subscription_id is not None  # the other kinds are a subscription's
     subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
     if invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
         subscription_transition(
@@ -90,6 +96,7 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
             to=SubscriptionStatus.ACTIVE,
             **dunning_clear(subscription=subscription),
         )
+        assert invoice.period_start is not None and invoice.period_end is not None  # a period's invoice
         entitlements_grant_for_subscription_period(
             subscription=subscription, period_start=invoice.period_start, period_end=invoice.period_end
         )
@@ -101,6 +108,7 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
 def _apply_plan_change(*, subscription: Subscription, invoice: Invoice, at: datetime) -> None:
     """An upgrade takes effect the second it is paid: old features end, new ones start."""
     new_price = invoice.change_to_price
+    assert new_price is not None  # a plan change names its price
     entitlements_end(subscription=subscription, at=at)
     subscription.offer_id, subscription.price = new_price.offer_id, new_price
     subscription.pending_offer = subscription.pending_price = None
@@ -116,6 +124,7 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
     """A declined payment grants nothing: a first payment closes what it was for, a renewal
     leaves the subscription past due."""
     if invoice.kind == InvoiceKind.PURCHASE:
+        assert invoice.purchase_id is not None  # a purchase's invoice
         purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
         if purchase.status == PurchaseStatus.PENDING:
             purchase_transition(purchase=purchase, to=PurchaseStatus.FAILED)
@@ -125,6 +134,7 @@ def invoice_fulfil_failed(*, invoice: Invoice, at: datetime) -> None:
         if invoice.status == InvoiceStatus.OPEN:
             invoice_transition(invoice=invoice, to=InvoiceStatus.VOID, at=at)
     elif invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD:
+        assert invoice.subscription_id is not None  # a period's invoice
         subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
         if subscription.status == SubscriptionStatus.INCOMPLETE:
             subscription_transition(

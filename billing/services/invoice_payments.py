@@ -8,6 +8,7 @@ payment of it is in flight (one still waiting for 3-D Secure is canceled at Stri
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
@@ -22,7 +23,9 @@ from core.errors import BusinessRuleViolation, ErrorCode, NotFound
 from vehicles.models import Owner
 
 
-def invoice_pay(*, owner: Owner, invoice_id, payment_method_id: int | None, at: datetime) -> CheckoutOutcome:
+def invoice_pay(
+    *, owner: Owner, invoice_id: UUID | str, payment_method_id: int | None, at: datetime
+) -> CheckoutOutcome:
     try:
         invoice = Invoice.objects.select_related("vehicle").get(owner=owner, pk=invoice_id)
     except (Invoice.DoesNotExist, ValueError, DjangoValidationError) as exc:
@@ -35,6 +38,7 @@ def invoice_pay(*, owner: Owner, invoice_id, payment_method_id: int | None, at: 
     payment_method = payment_method_for_charge(owner=owner, payment_method_id=payment_method_id)
     payment_attempts_abandon_for(invoices=Invoice.objects.filter(pk=invoice.pk))  # 409 while one is unknown
     with transaction.atomic():
+        assert invoice.vehicle is not None  # an owner's invoices are a vehicle's
         vehicle_reserve(vehicle=invoice.vehicle, owner=owner)
         locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
         reason = invoice_undeliverable_reason(invoice=locked, owner_id=owner.pk, at=at)
@@ -44,5 +48,6 @@ def invoice_pay(*, owner: Owner, invoice_id, payment_method_id: int | None, at: 
                 code=ErrorCode.INVALID_STATE,
             )
     status, attempt = invoice_charge(invoice=invoice, payment_method=payment_method, at=at)
+    assert invoice.subscription_id is not None  # the other kinds are a subscription's
     subscription = Subscription.objects.get(pk=invoice.subscription_id)
     return CheckoutOutcome(status=status, subscription=subscription, invoice=invoice, attempt=attempt)

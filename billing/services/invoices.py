@@ -18,6 +18,8 @@ from billing.models import (
     InvoiceStatus,
     InvoiceTaxLine,
     Price,
+    Purchase,
+    Subscription,
     VatCategory,
 )
 from billing.services.tax import invoice_tax_compute
@@ -61,8 +63,8 @@ def invoice_create(
     currency: str,
     lines: list[LineSpec],
     at: datetime,
-    subscription=None,
-    purchase=None,
+    subscription: Subscription | None = None,
+    purchase: Purchase | None = None,
     period_start: datetime | None = None,
     period_end: datetime | None = None,
     change_to_price: Price | None = None,
@@ -131,7 +133,7 @@ def invoice_create(
 
 
 def subscription_period_invoice_create(
-    *, subscription, period_start: datetime, period_end: datetime, at: datetime
+    *, subscription: Subscription, period_start: datetime, period_end: datetime, at: datetime
 ) -> Invoice:
     """The invoice of one subscription period, at the subscription's price. The database allows
     one per (subscription, period_start): a second attempt raises IntegrityError."""

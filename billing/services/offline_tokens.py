@@ -148,12 +148,11 @@ def _verification_key(jwk_set: dict[str, Any], kid: object) -> OKPKey:
 
 
 def _check_claims(claims: dict[str, Any], *, vin: str, now: datetime, leeway: int) -> None:
-    registry = jwt.JWTClaimsRegistry(
-        now=_unix(now),
-        leeway=leeway,
-        # every claim required; `features` may be an empty list (a token may grant nothing)
-        **{name: {"essential": True, "allow_blank": name == "features"} for name in _REQUIRED_CLAIMS},
-    )
+    # every claim required; `features` may be an empty list (a token may grant nothing)
+    options: dict[str, jwt.ClaimsOption] = {
+        name: {"essential": True, "allow_blank": name == "features"} for name in _REQUIRED_CLAIMS
+    }
+    registry = jwt.JWTClaimsRegistry(now=_unix(now), leeway=leeway, **options)
     try:
         registry.validate(claims)
     except MissingClaimError as error:

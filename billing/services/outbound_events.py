@@ -12,16 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import structlog
 from django.db import transaction
 
-from billing.models import Entitlement, Feature, Invoice, Subscription
+from billing.models import Entitlement, Feature, Invoice, Purchase, Subscription
 from events.models import EventType
 from events.services import event_record
 from vehicles.models import Vehicle
 
 log = structlog.get_logger(__name__)
+
+if TYPE_CHECKING:
+    from billing.models import Dispute
+
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -32,14 +38,14 @@ def _money(amount_minor: int, currency: str) -> dict:
     return {"amount_minor": int(amount_minor), "currency": currency}
 
 
-def _vehicle(vehicle_id) -> dict | None:
+def _vehicle(vehicle_id: UUID | str | None) -> dict | None:
     if vehicle_id is None:
         return None
     vin = Vehicle.objects.filter(pk=vehicle_id).values_list("vin", flat=True).first()
     return {"id": str(vehicle_id), "vin": vin}
 
 
-def _record(event_type: str, *, vehicle_id, data: dict) -> None:
+def _record(event_type: str, *, vehicle_id: UUID | str | None, data: dict) -> None:
     """Record in a savepoint of the caller's transaction. An event that cannot be recorded is
     logged and the change goes on: fulfilment after a successful charge must never fail (it
     would refund the customer) because a message to another system could not be written."""
@@ -68,7 +74,7 @@ def _subscription(subscription: Subscription) -> dict:
         "current_period_end": _iso(subscription.current_period_end),
         "trial_end": _iso(subscription.trial_end),
         "cancel_at_period_end": subscription.cancel_at_period_end,
-        "pending_offer": subscription.pending_offer.code if subscription.pending_offer_id else None,
+        "pending_offer": subscription.pending_offer.code if subscription.pending_offer is not None else None,
         "canceled_at": _iso(subscription.canceled_at),
         "ended_at": _iso(subscription.ended_at),
     }
@@ -118,9 +124,12 @@ def entitlements_granted(entitlements: Iterable[Entitlement]) -> None:
         )
 
 
-def entitlements_revoked(*, at: datetime, subscription=None, purchase=None) -> None:
+def entitlements_revoked(
+    *, at: datetime, subscription: Subscription | None = None, purchase: Purchase | None = None
+) -> None:
     """`entitlement.revoked`: a subscription's or a purchase's features end at `at`."""
     source = subscription or purchase
+    assert source is not None  # one of them is given
     _record(
         EventType.ENTITLEMENT_REVOKED,
         vehicle_id=source.vehicle_id,
@@ -134,7 +143,7 @@ def entitlements_revoked(*, at: datetime, subscription=None, purchase=None) -> N
 
 
 def _subscription_event(event_type: str, subscription: Subscription, change: str = "") -> None:
-    data = {"subscription": _subscription(subscription)}
+    data: dict[str, Any] = {"subscription": _subscription(subscription)}
     if change:
         data["change"] = change
     _record(event_type, vehicle_id=subscription.vehicle_id, data=data)
@@ -227,7 +236,7 @@ def entitlements_suspended(entitlements: Iterable[Entitlement]) -> None:
         )
 
 
-def _dispute(dispute) -> dict:
+def _dispute(dispute: Dispute) -> dict:
     return {
         "id": dispute.pk,
         "status": dispute.status,
@@ -242,14 +251,14 @@ def _dispute(dispute) -> dict:
     }
 
 
-def dispute_opened(dispute) -> None:
+def dispute_opened(dispute: Dispute) -> None:
     """`dispute.opened`: the owner's bank disputes a payment (the suspended features, if the
     offer's policy suspends them, come as `entitlement.revoked` just before)."""
     vehicle_id = dispute.payment_attempt.invoice.vehicle_id
     _record(EventType.DISPUTE_OPENED, vehicle_id=vehicle_id, data={"dispute": _dispute(dispute)})
 
 
-def dispute_closed(dispute) -> None:
+def dispute_closed(dispute: Dispute) -> None:
     """`dispute.closed`: won (suspended features granted again) or lost (the amount booked as lost)."""
     vehicle_id = dispute.payment_attempt.invoice.vehicle_id
     _record(EventType.DISPUTE_CLOSED, vehicle_id=vehicle_id, data={"dispute": _dispute(dispute)})

@@ -11,6 +11,7 @@ A goodwill refund keeps them. A refund Stripe refuses raises (502) and changes n
 from __future__ import annotations
 
 from datetime import datetime
+from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
@@ -31,7 +32,7 @@ from core.errors import BillingError, ErrorCode, NotFound
 
 
 def payment_refund(
-    *, payment_attempt_id, amount_minor: int, reason: str, revoke_rights: bool, at: datetime
+    *, payment_attempt_id: UUID | str, amount_minor: int, reason: str, revoke_rights: bool, at: datetime
 ) -> Refund:
     try:
         attempt = PaymentAttempt.objects.select_related("invoice").get(pk=payment_attempt_id)
@@ -54,10 +55,12 @@ def _revoke(*, attempt: PaymentAttempt, at: datetime) -> None:
     invoice = attempt.invoice
     with transaction.atomic():
         if invoice.kind == InvoiceKind.PURCHASE:
+            assert invoice.purchase_id is not None  # a purchase's invoice
             purchase = Purchase.objects.select_for_update().get(pk=invoice.purchase_id)
             if purchase.status == PurchaseStatus.PAID:
                 purchase_transition(purchase=purchase, to=PurchaseStatus.REFUNDED)
             entitlements_end(purchase=purchase, at=at)
         else:
+            assert invoice.subscription_id is not None  # the other kinds are a subscription's
             subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
             entitlements_end(subscription=subscription, at=at, periods_from=invoice.period_start or at)

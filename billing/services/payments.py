@@ -15,7 +15,9 @@ through the refund service instead of raising.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import structlog
 from django.conf import settings
@@ -90,7 +92,7 @@ def payment_attempt_create(*, invoice: Invoice, payment_method: PaymentMethod) -
 
 
 def payment_attempt_charge(
-    *, attempt_id, off_session: bool = True, at: datetime | None = None
+    *, attempt_id: UUID | str, off_session: bool = True, at: datetime | None = None
 ) -> PaymentAttempt:
     """Call Stripe for a committed attempt (step 2) and record what came back (step 3)."""
     attempt = PaymentAttempt.objects.select_related("owner", "payment_method").get(pk=attempt_id)
@@ -101,7 +103,8 @@ def payment_attempt_charge(
         result = gateway.payment_intent_create(
             amount=Money(attempt.amount_minor, attempt.currency),
             customer_id=customer_id,
-            payment_method_id=attempt.payment_method.stripe_payment_method_id,
+            # a card deleted meanwhile (SET_NULL) raises AttributeError: the reconciler records it
+            payment_method_id=attempt.payment_method.stripe_payment_method_id,  # type: ignore[union-attr]
             idempotency_key=attempt.idempotency_key,
             metadata={"payment_attempt_id": str(attempt.pk), "invoice_id": str(attempt.invoice_id)},
             off_session=off_session,
@@ -150,7 +153,7 @@ def _record_after_charge(
         return attempt  # still pending: the reconciler replays the same key and records it
 
 
-def payment_attempt_mark_unknown(*, attempt_id, reason: str) -> PaymentAttempt:
+def payment_attempt_mark_unknown(*, attempt_id: UUID | str, reason: str) -> PaymentAttempt:
     with transaction.atomic():
         attempt = PaymentAttempt.objects.select_for_update().get(pk=attempt_id)
         if attempt.status == AttemptStatus.PENDING:
@@ -159,7 +162,7 @@ def payment_attempt_mark_unknown(*, attempt_id, reason: str) -> PaymentAttempt:
 
 
 def payment_attempt_record(
-    *, attempt_id, result: gateway.ChargeResult, at: datetime | None = None
+    *, attempt_id: UUID | str, result: gateway.ChargeResult, at: datetime | None = None
 ) -> PaymentAttempt:
     """Record a Stripe outcome once; fulfil or fail the invoice in the same transaction.
 
@@ -195,7 +198,7 @@ def payment_attempt_record(
         return attempt
 
 
-def _lock_vehicle_of(attempt_id) -> None:
+def _lock_vehicle_of(attempt_id: UUID | str) -> None:
     """Locks are always taken vehicle first (then payment, invoice, subscription), as checkouts,
     plan changes and resale claims do: fulfilment racing a checkout of the same car cannot deadlock."""
     vehicle_id = (
@@ -267,7 +270,7 @@ def _mismatch(attempt: PaymentAttempt, result: gateway.ChargeResult) -> str | No
     return None
 
 
-def payment_attempt_refresh(*, attempt_id, at: datetime | None = None) -> PaymentAttempt:
+def payment_attempt_refresh(*, attempt_id: UUID | str, at: datetime | None = None) -> PaymentAttempt:
     """Ask Stripe where an attempt stands (after 3-D Secure, or for an unknown outcome).
 
     A payment waiting for 3-D Secure longer than `requires_action_cancel_after()` is canceled at
@@ -278,6 +281,7 @@ def payment_attempt_refresh(*, attempt_id, at: datetime | None = None) -> Paymen
     attempt = PaymentAttempt.objects.get(pk=attempt_id)
     if attempt.status not in (AttemptStatus.REQUIRES_ACTION, AttemptStatus.UNKNOWN, AttemptStatus.PENDING):
         return attempt
+    result: gateway.ChargeResult | None
     if attempt.stripe_payment_intent_id:
         result = gateway.payment_intent_retrieve(payment_intent_id=attempt.stripe_payment_intent_id)
     elif now - attempt.created_at < IDEMPOTENCY_KEY_WINDOW:
@@ -373,14 +377,14 @@ def payment_attempts_reconcile(
     return settled
 
 
-def payment_attempt_retry_now(*, attempt_id) -> PaymentAttempt:
+def payment_attempt_retry_now(*, attempt_id: UUID | str) -> PaymentAttempt:
     """An operator's "retry now" on a dead-lettered or backed-off row."""
     return reconcile_retry_now(
         model=PaymentAttempt, pk=attempt_id, work=lambda: payment_attempt_refresh(attempt_id=attempt_id)
     )
 
 
-def payment_attempts_abandon_for(*, invoices, block_on_unknown: bool = True) -> None:
+def payment_attempts_abandon_for(*, invoices: Iterable[Invoice], block_on_unknown: bool = True) -> None:
     """Before a new checkout of the same thing (or ending what it was for): give up earlier
     attempts still waiting for the customer (3-D Secure never completed). Their PaymentIntents
     are canceled at Stripe first, so a late authentication cannot charge; one that succeeded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -92,7 +93,7 @@ def withdrawal_deadline(*, owner: Owner, vehicle: Vehicle, since: datetime) -> d
     return since + timedelta(days=days)
 
 
-def purchase_withdraw(*, owner: Owner, purchase_id, at: datetime) -> Purchase:
+def purchase_withdraw(*, owner: Owner, purchase_id: UUID | str, at: datetime) -> Purchase:
     """Within the withdrawal period: full refund, and the feature ends now."""
     try:
         purchase = (
@@ -106,6 +107,7 @@ def purchase_withdraw(*, owner: Owner, purchase_id, at: datetime) -> Purchase:
         raise NotFound("No such purchase.")
     if purchase.status != PurchaseStatus.PAID:
         raise BusinessRuleViolation(f"A {purchase.status} purchase cannot be withdrawn.")
+    assert purchase.paid_at is not None  # a paid purchase
     deadline = withdrawal_deadline(owner=owner, vehicle=purchase.vehicle, since=purchase.paid_at)
     if deadline is None or at >= deadline:
         raise BusinessRuleViolation(

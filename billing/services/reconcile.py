@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from django.conf import settings
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from billing.gateways import stripe as gateway
+from billing.models.payments import ReconcileState
 
 log = structlog.get_logger(__name__)
 MAX_BACKOFF = timedelta(days=1)
@@ -29,10 +30,12 @@ def reconcile_max_failures() -> int:
     return getattr(settings, "RECONCILE_MAX_FAILURES", 5)
 
 
-def reconcile_failure_record(*, model: type[models.Model], pk, error: BaseException, at: datetime) -> None:
+def reconcile_failure_record(
+    *, model: type[ReconcileState], pk: Any, error: BaseException, at: datetime
+) -> None:
     message = f"{type(error).__name__}: {error}"[:500]
     with transaction.atomic():
-        row = model.objects.select_for_update().filter(pk=pk).first()
+        row = model._default_manager.select_for_update().filter(pk=pk).first()
         if row is None:
             return
         if isinstance(error, gateway.PaymentGatewayError) and not isinstance(error, gateway.InvalidRequest):
@@ -59,10 +62,10 @@ def reconcile_failure_record(*, model: type[models.Model], pk, error: BaseExcept
     )
 
 
-def reconcile_retry_now(*, model: type[models.Model], pk, work: Callable[[], T]) -> T:
+def reconcile_retry_now(*, model: type[ReconcileState], pk: Any, work: Callable[[], T]) -> T:
     """An operator's "retry now": clear the row's back-off and dead letter, then `work()`; an error
     is recorded on the row again (and re-raised for the operator to see)."""
-    model.objects.filter(pk=pk).update(
+    model._default_manager.filter(pk=pk).update(
         dead_lettered_at=None, reconcile_failures=0, next_reconcile_at=None, reconcile_error=""
     )
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import UUID
 
 import structlog
 from django.db import transaction
@@ -62,7 +63,7 @@ def refund_prepare(*, payment_attempt: PaymentAttempt, amount_minor: int, reason
         )
 
 
-def refund_execute(*, refund_id) -> Refund:
+def refund_execute(*, refund_id: UUID | str) -> Refund:
     """Call Stripe for a committed refund row; an unknown outcome stays `unknown`."""
     refund = Refund.objects.select_related("payment_attempt").get(pk=refund_id)
     if refund.status not in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
@@ -75,7 +76,7 @@ def refund_execute(*, refund_id) -> Refund:
             metadata={"refund_id": str(refund.pk)},
         )
         status = {"succeeded": RefundStatus.SUCCEEDED, "pending": RefundStatus.PENDING}.get(
-            result.status, RefundStatus.FAILED
+            result.status or "", RefundStatus.FAILED
         )
         stripe_id = result.id
     except gateway.InvalidRequest as exc:  # refused outright (e.g. 400/404): nothing was refunded
@@ -100,7 +101,7 @@ def refund_execute(*, refund_id) -> Refund:
     return refund
 
 
-def refund_settle(*, refund_id, to: str, stripe_refund_id: str) -> Refund:
+def refund_settle(*, refund_id: UUID | str, to: str, stripe_refund_id: str) -> Refund:
     """Record the state Stripe holds for a refund (a webhook, the reconciliation), once, through
     the transition table, with the credit note of a success, as `refund_execute` does."""
     with transaction.atomic():
@@ -118,7 +119,7 @@ def refund_settle(*, refund_id, to: str, stripe_refund_id: str) -> Refund:
     return refund
 
 
-def refund_execute_safely(*, refund_id) -> None:
+def refund_execute_safely(*, refund_id: UUID | str) -> None:
     """`refund_execute` for `on_commit` callbacks: after a commit nothing may raise; a refund
     that could not be sent stays pending and the reconciler finishes it."""
     try:
@@ -151,7 +152,7 @@ def refunds_reconcile(*, older_than: timedelta = timedelta(minutes=2), limit: in
     return done
 
 
-def refund_retry_now(*, refund_id) -> Refund:
+def refund_retry_now(*, refund_id: UUID | str) -> Refund:
     """An operator's "retry now" on a dead-lettered or backed-off refund (same key)."""
     return reconcile_retry_now(model=Refund, pk=refund_id, work=lambda: refund_execute(refund_id=refund_id))
 

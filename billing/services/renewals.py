@@ -16,12 +16,16 @@ the shared rate budget in the gateway (`core/ratebudget.py`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
+from uuid import UUID
 
 import structlog
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.models import (
@@ -62,7 +66,7 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
 
 
-def subscriptions_due(*, at: datetime, owner_ids=None):
+def subscriptions_due(*, at: datetime, owner_ids: Iterable[int] | None = None) -> QuerySet[Subscription]:
     """Live subscriptions whose period has ended at `at`: `owner_ids` only (a test clock
     advancing), or by default everyone but the owners on test clocks."""
     due = Subscription.objects.filter(status__in=RENEWABLE, current_period_end__lte=at)
@@ -72,7 +76,7 @@ def subscriptions_due(*, at: datetime, owner_ids=None):
 
 
 def renewal_chunks_hand_out(
-    *, at: datetime, chunk_size: int = 50, max_ids: int = 20_000, owner_ids=None
+    *, at: datetime, chunk_size: int = 50, max_ids: int = 20_000, owner_ids: Iterable[int] | None = None
 ) -> list[list[str]]:
     """The ids of due subscriptions in chunks (oldest first) for the workers to claim.
 
@@ -99,7 +103,11 @@ def renewal_chunks_hand_out(
 
 
 def subscriptions_renew_due(
-    *, at: datetime, limit: int = 500, owner_ids=None, subscription_ids=None
+    *,
+    at: datetime,
+    limit: int = 500,
+    owner_ids: Iterable[int] | None = None,
+    subscription_ids: Iterable[UUID | str] | None = None,
 ) -> SweepReport:
     """Renew every subscription due at `at` (at most `limit`). Safe to run on many workers at once.
 
@@ -134,7 +142,7 @@ def subscriptions_renew_due(
 
 
 def _claim_and_renew(
-    *, due, at: datetime, size: int, passed_over: set, report: SweepReport
+    *, due: QuerySet[Subscription], at: datetime, size: int, passed_over: set[Any], report: SweepReport
 ) -> tuple[int, list[tuple[Invoice, PaymentMethod | None]]]:
     """Lock up to `size` due rows (SKIP LOCKED) and renew them in this one transaction, holding
     the locks until it commits; each row in a savepoint of its own (`subscription_renew`'s), so
@@ -166,7 +174,7 @@ def _claim_and_renew(
 
 
 def stranded_renewal_invoices_charge(
-    *, at: datetime, owner_ids=None, report: SweepReport | None = None
+    *, at: datetime, owner_ids: Iterable[int] | None = None, report: SweepReport | None = None
 ) -> SweepReport:
     """Charge renewal invoices whose sweep died after committing them, before any charge."""
     report = report if report is not None else SweepReport()
@@ -175,7 +183,7 @@ def stranded_renewal_invoices_charge(
     return report
 
 
-def _stranded_renewal_invoices(*, at: datetime, owner_ids=None) -> list[Invoice]:
+def _stranded_renewal_invoices(*, at: datetime, owner_ids: Iterable[int] | None = None) -> list[Invoice]:
     """Renewal invoices opened by a sweep that died before charging them (no attempt at all)."""
     stranded = Invoice.objects.filter(
         kind="subscription_period",
@@ -192,7 +200,7 @@ def _stranded_renewal_invoices(*, at: datetime, owner_ids=None) -> list[Invoice]
 
 
 def _renew_one(
-    *, subscription_id, at: datetime, has_card: bool | None, report: SweepReport
+    *, subscription_id: UUID | str, at: datetime, has_card: bool | None, report: SweepReport
 ) -> Invoice | RenewalSkipped | None:
     """Renew one claimed row (None: it failed and was rolled back to its savepoint)."""
     try:
@@ -214,7 +222,7 @@ def _renew_one(
 _LOOK_UP = object()  # `_charge`'s method not given: read the owner's default card
 
 
-def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method=_LOOK_UP) -> None:
+def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method: Any = _LOOK_UP) -> None:
     subscription_id = invoice.subscription_id
     try:
         if method is _LOOK_UP:
@@ -247,7 +255,7 @@ class RenewalSkipped(Enum):
 
 
 def subscription_renew(
-    *, subscription_id, at: datetime, has_card: bool | None = None
+    *, subscription_id: UUID | str, at: datetime, has_card: bool | None = None
 ) -> Invoice | RenewalSkipped:
     """Advance one due subscription to its next period and open that period's invoice.
 
@@ -278,7 +286,7 @@ def subscription_renew(
             entitlements_end(subscription=subscription, at=period_start)
             outbound_events.subscription_canceled(subscription)  # outbox
             return RenewalSkipped.ENDED
-        if subscription.pending_price_id:
+        if subscription.pending_price is not None:  # selected with the row
             target = subscription.pending_price.offer
             clash = Subscription.objects.filter(
                 vehicle_id=subscription.vehicle_id, offer=target, status__in=LIVE_SUBSCRIPTION_STATUSES

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import zlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from joserfc.jwk import OKPKey
 
 from core.errors import Conflict, ValidationError
@@ -30,7 +30,7 @@ logger = structlog.get_logger(__name__)
 #: (tests/billing/test_token_interop.py).
 ALGORITHM = "EdDSA"
 KEY_TYPE = "OKP"
-CURVE = "Ed25519"
+CURVE: Final = "Ed25519"
 
 # One application-wide PostgreSQL advisory lock serialises key bootstrap and rotation.
 _KEY_LOCK_ID = zlib.crc32(b"billing.signing_keys")
@@ -67,7 +67,7 @@ def signing_key_create(*, published_at: datetime, active_from: datetime) -> Sign
     )
 
 
-def _signing_keys_usable(*, at: datetime):
+def _signing_keys_usable(*, at: datetime) -> QuerySet[SigningKey]:
     return SigningKey.objects.filter(Q(retires_at__isnull=True) | Q(retires_at__gt=at), active_from__lte=at)
 
 

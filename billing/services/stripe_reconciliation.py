@@ -150,7 +150,9 @@ def _run_start(*, trigger: str, now: datetime) -> ReconciliationRun:
         .first()
     )
     floor = now - MAX_LOOKBACK
-    cursor = max(last.cursor_after - CURSOR_OVERLAP, floor) if last is not None else floor
+    cursor = floor
+    if last is not None and last.cursor_after is not None:  # filtered on it
+        cursor = max(last.cursor_after - CURSOR_OVERLAP, floor)
     try:
         with transaction.atomic():
             return ReconciliationRun.objects.create(trigger=trigger, started_at=now, cursor_before=cursor)
@@ -282,6 +284,7 @@ def _payment_compare(
     obj = f"{attempt.pk} ({intent.payment_intent_id})"
     found = f"ours {attempt.status}, Stripe's {intent.status}"
     try:
+        assert intent.payment_intent_id is not None  # listed from Stripe: it has an id
         fresh = gateway.payment_intent_retrieve(payment_intent_id=intent.payment_intent_id)
         if attempt.status in _SAME_PAYMENT[fresh.status]:
             return  # the listing was behind
@@ -354,7 +357,7 @@ def _refund_not_ours(*, record: gateway.RefundRecord, report: _Report) -> None:
 
 
 def _refund_compare(*, refund: Refund, record: gateway.RefundRecord, report: _Report) -> None:
-    target = _REFUND_STATUS.get(record.status)
+    target = _REFUND_STATUS.get(record.status or "")
     if target == refund.status:
         return
     obj = f"{refund.pk} ({record.id})"
@@ -400,7 +403,7 @@ def _invoices(*, since: datetime, report: _Report) -> None:
         )
 
 
-def _ours(model, value: Any):
+def _ours(model: Any, value: Any) -> Any:
     try:
         pk = uuid.UUID(str(value))
     except ValueError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -43,7 +44,9 @@ from vehicles.models import Owner, Vehicle
 AWAITING_ATTEMPT_STATUSES = (AttemptStatus.PENDING, AttemptStatus.UNKNOWN, AttemptStatus.REQUIRES_ACTION)
 
 
-def subscription_of_owner(*, owner: Owner, subscription_id, for_update: bool = False) -> Subscription:
+def subscription_of_owner(
+    *, owner: Owner, subscription_id: UUID | str, for_update: bool = False
+) -> Subscription:
     queryset = Subscription.objects.select_related("vehicle__market", "offer", "price")
     if for_update:
         queryset = queryset.select_for_update(of=("self",))
@@ -163,7 +166,7 @@ def _start_trial(
     return CheckoutOutcome(status="trialing", subscription=subscription)
 
 
-def subscription_cancel(*, owner: Owner, subscription_id, at: datetime) -> Subscription:
+def subscription_cancel(*, owner: Owner, subscription_id: UUID | str, at: datetime) -> Subscription:
     """Cancel at period end; within the market's withdrawal period a consumer gets a full
     refund and the features end now. An incomplete subscription (first payment waiting for
     3-D Secure) ends now: its PaymentIntent is canceled at Stripe first, so a late
@@ -219,7 +222,7 @@ def subscription_end_now(*, subscription: Subscription, at: datetime) -> Subscri
     return subscription
 
 
-def subscription_resume(*, owner: Owner, subscription_id, at: datetime) -> Subscription:
+def subscription_resume(*, owner: Owner, subscription_id: UUID | str, at: datetime) -> Subscription:
     with transaction.atomic():
         subscription = subscription_of_owner(owner=owner, subscription_id=subscription_id, for_update=True)
         if not (
@@ -250,7 +253,7 @@ class PlanChangePreview:
 
 
 def subscription_change_preview(
-    *, owner: Owner, subscription_id, offer_code: str, at: datetime
+    *, owner: Owner, subscription_id: UUID | str, offer_code: str, at: datetime
 ) -> PlanChangePreview:
     """Upgrade (higher price): now, old plan credited and new plan charged for the remaining time,
     to the second. Downgrade: at the end of the current period, nothing charged now."""
@@ -299,7 +302,7 @@ def _plan_change(*, subscription: Subscription, offer_code: str, at: datetime) -
 
 
 def subscription_change_apply(
-    *, owner: Owner, subscription_id, offer_code: str, at: datetime
+    *, owner: Owner, subscription_id: UUID | str, offer_code: str, at: datetime
 ) -> CheckoutOutcome:
     """Change plan. Checked and reserved with the vehicle and the subscription locked before
     Stripe is called: still active, the target plan not live on the car, its features not

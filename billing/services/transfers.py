@@ -14,6 +14,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
@@ -56,7 +57,7 @@ def _code_hash(*, vin: str, code: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
 
 
-def transfer_start(*, owner: Owner, vehicle_id, at: datetime) -> StartedTransfer:
+def transfer_start(*, owner: Owner, vehicle_id: UUID | str, at: datetime) -> StartedTransfer:
     vehicle = vehicle_of_owner(owner=owner, vehicle_id=vehicle_id)
     code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
     with transaction.atomic():
@@ -131,9 +132,11 @@ def transfer_claim(*, new_owner: Owner, vin: str, code: str, at: datetime) -> Ve
         refund_ids = _release_seller_rights(vehicle=vehicle, seller_id=transfer.from_owner_id, at=at)
         outbound_events.vehicle_transferred(vehicle=vehicle, new_owner_id=new_owner.pk, at=at)  # outbox
         # After commit nothing may raise: a refund that cannot be sent now is finished by the reconciler.
-        transaction.on_commit(
-            lambda: [refund_execute_safely(refund_id=refund_id) for refund_id in refund_ids]
-        )
+        def execute_refunds() -> None:
+            for refund_id in refund_ids:
+                refund_execute_safely(refund_id=refund_id)
+
+        transaction.on_commit(execute_refunds)
     return vehicle
 
 

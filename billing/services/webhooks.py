@@ -92,8 +92,10 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str | None) -> t
 def stripe_event_store(*, event: dict[str, Any], enqueue: bool = True) -> tuple[StripeEvent, bool]:
     """Write a verified event (a delivery, or one the reconciliation fetched from Stripe) to the
     inbox once; its processing is enqueued on commit unless the caller processes it itself."""
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    obj = data.get("object") if isinstance(data.get("object"), dict) else {}
+    raw_data = event.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    raw_obj = data.get("object")
+    obj: dict[str, Any] = raw_obj if isinstance(raw_obj, dict) else {}
     created = event.get("created")
     fields = {
         "type": str(event.get("type", ""))[:100],
@@ -129,7 +131,7 @@ def _inbox_insert(*, event_id: str, fields: dict) -> StripeEvent | None:
         for field in StripeEvent._meta.concrete_fields
         if not field.primary_key
     }
-    columns = ", ".join(connection.ops.quote_name(c) for c in values)
+    columns = ", ".join(connection.ops.quote_name(str(c)) for c in values)  # concrete: all have one
     placeholders = ", ".join(["%s"] * len(values))
     table = connection.ops.quote_name(StripeEvent._meta.db_table)
     sql = (
@@ -221,7 +223,7 @@ def _handle(row: StripeEvent) -> tuple[str, str]:
         raise EventRefused(f"livemode={row.livemode} does not match this deployment")
     obj = (row.payload.get("data") or {}).get("object") or {}
     if row.type in PAYMENT_INTENT_EVENTS:
-        return _payment_intent(obj)
+        return _payment_intent(obj, row.type)
     if row.type in REFUND_EVENTS:
         return _refunds(row.type, obj)
     if row.type in PAYMENT_METHOD_EVENTS:
@@ -239,13 +241,14 @@ def _owner_of_customer(customer_id: Any) -> Owner | None:
     )
 
 
-def _payment_intent(obj: dict) -> tuple[str, str]:
+def _payment_intent(obj: dict, event_type: str = "") -> tuple[str, str]:
     from billing.services.payments import PaymentResultMismatch, payment_attempt_record
 
-    intent_id = obj.get("id")
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    intent_id: Any = obj.get("id")
+    raw_metadata = obj.get("metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     attempt = (
-        PaymentAttempt.objects.select_related("owner").filter(pk=metadata.get("payment_attempt_id")).first()
+        PaymentAttempt.objects.select_related("owner").filter(pk=metadata["payment_attempt_id"]).first()
         if _is_uuid(metadata.get("payment_attempt_id"))
         else None
     ) or PaymentAttempt.objects.select_related("owner").filter(
@@ -260,6 +263,11 @@ def _payment_intent(obj: dict) -> tuple[str, str]:
     if attempt.stripe_payment_intent_id and intent_id != attempt.stripe_payment_intent_id:
         raise EventRefused("another PaymentIntent than the payment's")
     result = gateway.payment_intent_retrieve(payment_intent_id=intent_id)  # the state now, not the event's
+    if event_type == "payment_intent.succeeded" and result.status != "succeeded":
+        # Stripe's read lags its event: not processed yet, retried a minute later (never lost)
+        raise gateway.PaymentProviderUnavailable(
+            f"The PaymentIntent reads {result.status} though Stripe announced its success.", retryable=True
+        )
     try:
         recorded = payment_attempt_record(attempt_id=attempt.pk, result=result)
     except PaymentResultMismatch as exc:
@@ -279,9 +287,10 @@ def _refunds(event_type: str, obj: dict) -> tuple[str, str]:
 
 
 def _refund(obj: dict) -> str:
-    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    raw_metadata = obj.get("metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     refund = (
-        Refund.objects.filter(pk=metadata.get("refund_id")).first()
+        Refund.objects.filter(pk=metadata["refund_id"]).first()
         if _is_uuid(metadata.get("refund_id"))
         else None
     ) or Refund.objects.filter(stripe_refund_id=obj.get("id") or "-").first()
@@ -294,7 +303,7 @@ def _refund(obj: dict) -> str:
         raise EventRefused("the refund's amount or currency differs from ours")
     if stripe_metadata.get("refund_id") not in (None, str(refund.pk)):
         raise EventRefused("the refund belongs to another refund of ours")
-    target = _STRIPE_REFUND_STATUS.get(result.status)
+    target = _STRIPE_REFUND_STATUS.get(result.status or "")
     if target is not None and target in _allowed_refund_moves(Refund.objects.get(pk=refund.pk).status):
         refund = refund_settle(refund_id=refund.pk, to=target, stripe_refund_id=result.id)  # + credit note
     refund.refresh_from_db()

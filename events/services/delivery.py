@@ -28,10 +28,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -63,7 +64,7 @@ USER_AGENT = "billing-events/1 (Standard Webhooks)"
 SEND_CONCURRENCY = 8  # deliveries in flight per worker (to different keys or endpoints)
 
 
-def delivery_transition(*, delivery: Delivery, to: str, **changes) -> None:
+def delivery_transition(*, delivery: Delivery, to: str, **changes: Any) -> None:
     """The one writer of a delivery's status (table: `DELIVERY_TRANSITIONS`); `failed -> failed`
     (a retry failed again) saves the other fields only."""
     if to == delivery.status:
@@ -103,7 +104,7 @@ class Outcome:
     response_ms: int | None = None
 
 
-def _due(at: datetime):
+def _due(at: datetime) -> QuerySet[Delivery]:
     earlier_unsettled = Delivery.objects.filter(
         endpoint_id=OuterRef("endpoint_id"),
         ordering_key=OuterRef("ordering_key"),
@@ -123,7 +124,7 @@ def deliveries_claim(
     *,
     limit: int = 1,
     at: datetime | None = None,
-    event_id=None,
+    event_id: uuid.UUID | str | None = None,
     endpoint_id: int | None = None,
     ordering_key: str | None = None,
 ) -> list[Claim]:
@@ -133,7 +134,7 @@ def deliveries_claim(
     at = at or timezone.now()
     rows = _due(at)
     if event_id is not None:
-        rows = rows.filter(event_id=event_id)
+        rows = rows.filter(event__pk=event_id)
     if endpoint_id is not None:
         rows = rows.filter(endpoint_id=endpoint_id, ordering_key=ordering_key or "")
     token = uuid.uuid4()
@@ -164,7 +165,7 @@ def deliveries_claim(
     ]
 
 
-def delivery_claim_next(**scope) -> Claim | None:
+def delivery_claim_next(**scope: Any) -> Claim | None:
     """Lease the next due, first-in-line delivery (see `deliveries_claim`)."""
     claims = deliveries_claim(limit=1, **scope)
     return claims[0] if claims else None
@@ -283,6 +284,7 @@ def _endpoint_failed(*, endpoint_id: int, at: datetime) -> None:
         consecutive_failures=F("consecutive_failures") + 1, failing_since=Coalesce(F("failing_since"), at)
     )
     endpoint = EventEndpoint.objects.get(pk=endpoint_id)
+    assert endpoint.failing_since is not None  # set by the update above
     if (
         endpoint.enabled
         and endpoint.failing_since <= at - ENDPOINT_DISABLE_AFTER
@@ -311,7 +313,7 @@ class SendReport:
 
 def deliveries_send_due(
     *,
-    event_id=None,
+    event_id: uuid.UUID | str | None = None,
     limit: int = 1000,
     budget: timedelta = timedelta(seconds=50),
     concurrency: int = SEND_CONCURRENCY,

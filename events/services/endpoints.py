@@ -69,7 +69,7 @@ def endpoint_url_resolves_publicly(url: str) -> str | None:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError) as exc:
         return f"cannot resolve the host: {exc}"
-    refused = sorted({info[4][0] for info in infos if not _address_allowed(info[4][0])})
+    refused = sorted({str(info[4][0]) for info in infos if not _address_allowed(str(info[4][0]))})
     if refused:
         return f"the host resolves to an address that is not public ({', '.join(refused)})"
     return None

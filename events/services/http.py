@@ -7,7 +7,9 @@ a private one when connecting (DNS rebinding) is refused too."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -25,8 +27,16 @@ def address_is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-class _PublicPeerOnly:
-    def _new_conn(self):
+if TYPE_CHECKING:
+    _ConnectionBase = HTTPConnection
+else:
+    _ConnectionBase = object
+
+
+class _PublicPeerOnly(_ConnectionBase):
+    """Mixed into urllib3's connections (their `_new_conn` opens the socket)."""
+
+    def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         peer = sock.getpeername()[0]
         if not address_is_public(peer):
@@ -54,7 +64,7 @@ class _PublicHTTPSConnectionPool(HTTPSConnectionPool):
 class PublicOnlyAdapter(HTTPAdapter):
     """Connects to public addresses only."""
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _PublicHTTPConnectionPool,
