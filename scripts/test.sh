@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test`: PostgreSQL + Redis up, ruff, then the whole pytest suite against PostgreSQL.
+# `make test`: PostgreSQL + Redis up, ruff, mypy, then the whole pytest suite against PostgreSQL.
 # Extra arguments go to pytest (make test ARGS="-k money").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ ensure_chromium
 
 echo "== ruff"
 .venv/bin/ruff check .
+echo "== mypy (targets and strictness: [tool.mypy] in pyproject.toml)"
+.venv/bin/mypy
 echo "== migrations are up to date"
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null \
   || { echo "Model changes without a migration: run .venv/bin/python manage.py makemigrations" >&2; exit 1; }
