@@ -17,6 +17,7 @@ acknowledged and ignored, as Stripe advises.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ from vehicles.models import Owner
 
 log = structlog.get_logger(__name__)
 KICK_MS = 200  # a burst of deliveries wakes the processor at most five times a second
+_last_kick_ns = 0  # time.monotonic_ns() of this process's last wake-up
 
 PAYMENT_INTENT_EVENTS = {
     "payment_intent.succeeded",
@@ -153,6 +155,11 @@ def _kick_processing() -> None:
     Redis, or if the broker is down, the sweep every minute picks the rows up."""
     from billing.tasks import process_pending_stripe_events
 
+    global _last_kick_ns  # a per-process throttle in front of the shared one
+    now = time.monotonic_ns()
+    if _last_kick_ns and now - _last_kick_ns < KICK_MS * 1_000_000:
+        return  # this process woke the processor a moment ago
+    _last_kick_ns = now
     client = redis_client()
     if client is None:
         return
