@@ -223,6 +223,7 @@ else:
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # broadcast/pidbox files, not in the repo root
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True

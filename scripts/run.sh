@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-mkdir -p var/celery/out var/celery/processed var/log
+mkdir -p var/celery/out var/celery/processed var/celery/control var/log
 export LOG_JSON="${LOG_JSON:-false}"
 STRIPE_PORT="${LOCALSTRIPE_PORT:-8420}"
 PROXY_PORT="${STRIPE_PROXY_PORT:-8421}"
