@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from billing.models import (
     CreditNote,
@@ -55,6 +55,7 @@ def features_snapshot(*, vehicle_id, at: datetime) -> tuple[list[ActiveFeature],
     rows = list(
         Entitlement.objects.filter(vehicle_id=vehicle_id)
         .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at))
+        .exclude(ends_at=F("starts_at"))  # ended before it began: covers no instant
         .values_list("feature__code", "source", "starts_at", "ends_at")
         .order_by("feature__code", "starts_at")
     )

@@ -22,9 +22,13 @@ def non_negative_constraint(field: str, name: str) -> models.CheckConstraint:
     return models.CheckConstraint(condition=models.Q(**{f"{field}__gte": 0}), name=name)
 
 
-def half_open_constraint(start: str, end: str, name: str) -> models.CheckConstraint:
-    """`[start, end)` must not be empty; a NULL end means open-ended."""
+def half_open_constraint(
+    start: str, end: str, name: str, *, allow_empty: bool = False
+) -> models.CheckConstraint:
+    """`[start, end)` must not be empty (or, with `allow_empty`, not negative: `[t, t)` is a
+    period that never covers any instant); a NULL end means open-ended."""
+    bound = f"{end}__gte" if allow_empty else f"{end}__gt"
     return models.CheckConstraint(
-        condition=models.Q(**{f"{end}__isnull": True}) | models.Q(**{f"{end}__gt": models.F(start)}),
+        condition=models.Q(**{f"{end}__isnull": True}) | models.Q(**{bound: models.F(start)}),
         name=name,
     )

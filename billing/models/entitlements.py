@@ -51,7 +51,9 @@ class Entitlement(models.Model):
     class Meta:
         ordering = ["vehicle", "feature", "starts_at"]
         constraints = [
-            half_open_constraint("starts_at", "ends_at", "entitlement_period_not_empty"),
+            # [t, t) is allowed: a row ended before it began (revoked, refunded) is kept, never
+            # deleted, and covers no instant.
+            half_open_constraint("starts_at", "ends_at", "entitlement_period_not_negative", allow_empty=True),
             models.CheckConstraint(
                 condition=(
                     models.Q(source="purchase", purchase__isnull=False, subscription__isnull=True)

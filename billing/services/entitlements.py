@@ -7,7 +7,7 @@ Every grant is idempotent (database constraints + get_or_create), so a retried t
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,8 +19,6 @@ from billing.services import outbound_events
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Vehicle
 from vehicles.state_cache import vehicle_state_changed
-
-ONE_MICROSECOND = timedelta(microseconds=1)  # the shortest period a row may keep
 
 
 def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
@@ -168,7 +166,7 @@ def entitlements_end(
     """End the entitlements of a subscription or a purchase at `at` (withdrawal, resale,
     cancellation now, a refund). Rows covering `at` are cut at `at`; rows starting at or after `at`
     are ended at their start, never deleted (the audit history keeps every row): their period
-    becomes `[start, start + 1 µs)`, the emptiest the database allows, as disputes do.
+    becomes the empty `[start, start)`, which covers no instant.
     `periods_from`: only a subscription's rows starting at or after it (one refunded period)."""
     if (subscription is None) == (purchase is None):
         raise ValueError("pass exactly one of subscription or purchase")
@@ -183,13 +181,12 @@ def entitlements_end(
         source = subscription or purchase
         assert source is not None  # checked above
         vehicle_state_changed(source.vehicle_id)
-        # -- ended, never deleted: a not-yet-started row keeps a one-microsecond period (issue 10) --
+        # ended, never deleted: a row that had not started becomes the empty period [start, start)
         removed = (
             rows.filter(starts_at__gte=at)
-            .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=F("starts_at") + ONE_MICROSECOND))
-            .update(ends_at=F("starts_at") + ONE_MICROSECOND)
+            .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=F("starts_at")))
+            .update(ends_at=F("starts_at"))
         )
-        # -- end of the change --
         cut = rows.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=at), starts_at__lt=at).update(ends_at=at)
         if removed + cut:  # outbox
             outbound_events.entitlements_revoked(at=at, subscription=subscription, purchase=purchase)
@@ -200,8 +197,7 @@ def entitlements_end(
 def entitlements_suspend(*, entitlement_ids: list, at: datetime) -> list[tuple[Entitlement, datetime | None]]:
     """End these entitlements at `at` while a dispute is open; returns each suspended row with
     its original end (None: perpetual), to put back if the dispute is won. Rows already over
-    at `at` are left alone; a row that has not started yet keeps an empty-as-possible period
-    (it ends one microsecond after its start: a period may not be empty)."""
+    at `at` are left alone; a row that has not started yet gets the empty period [start, start)."""
     suspended = []
     with transaction.atomic():
         rows = Entitlement.objects.select_for_update().filter(pk__in=entitlement_ids).order_by("pk")
@@ -209,7 +205,7 @@ def entitlements_suspend(*, entitlement_ids: list, at: datetime) -> list[tuple[E
             if entitlement.ends_at is not None and entitlement.ends_at <= at:
                 continue
             original = entitlement.ends_at
-            entitlement.ends_at = max(at, entitlement.starts_at + timedelta(microseconds=1))
+            entitlement.ends_at = max(at, entitlement.starts_at)  # not started yet: [start, start)
             entitlement.save(update_fields=["ends_at"])
             suspended.append((entitlement, original))
             vehicle_state_changed(entitlement.vehicle_id)

@@ -163,12 +163,10 @@ def test_ending_a_subscription_cuts_current_and_ends_future_rows_at_their_start(
 
     assert codes(vehicle, cut_at - dt.timedelta(seconds=1))["streaming"].valid_until == cut_at
     assert "streaming" not in codes(vehicle, cut_at)
-    # The future period is ended, never deleted (the audit history keeps it): [start, start + 1 µs)
+    # The future period is ended, never deleted (the audit history keeps it): [start, start)
     rows = Entitlement.objects.filter(subscription=subscription).order_by("starts_at")
-    assert [(r.starts_at, r.ends_at) for r in rows] == [
-        (JAN_31, cut_at),
-        (FEB_28, FEB_28 + dt.timedelta(microseconds=1)),
-    ]
+    assert [(r.starts_at, r.ends_at) for r in rows] == [(JAN_31, cut_at), (FEB_28, FEB_28)]
+    assert "streaming" not in codes(vehicle, FEB_28)  # an empty period covers no instant, not even its start
     assert "streaming" not in codes(vehicle, FEB_28 + dt.timedelta(seconds=1))
 
 
@@ -177,7 +175,7 @@ def test_ending_a_subscription_cuts_current_and_ends_future_rows_at_their_start(
     [
         {"source": EntitlementSource.PURCHASE},  # a purchase entitlement without its purchase
         {"source": EntitlementSource.GRANT},  # a grant without who granted it
-        {"source": EntitlementSource.GRANT, "ends_at": JAN_31},  # empty period
+        {"source": EntitlementSource.GRANT, "ends_at": JAN_31 - dt.timedelta(seconds=1)},  # negative period
     ],
 )
 def test_database_refuses_inconsistent_entitlements(fields):
