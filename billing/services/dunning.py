@@ -197,33 +197,50 @@ def dunning_retry_now(*, subscription_id: UUID | str, at: datetime) -> DunningRe
 def _retry_one(
     *, subscription_id: UUID | str, invoice_id: UUID | str, at: datetime, report: DunningReport
 ) -> None:
-    from billing.services.checkout import invoice_charge  # checkout -> payments -> fulfilment -> here
-
     report.retried += 1
     try:
         invoice = Invoice.objects.get(pk=invoice_id)
         if invoice.status != InvoiceStatus.OPEN:
             return
-        method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
-        if method is None:
-            dunning_decline_without_card(invoice=invoice, at=at)
-            report.declined += 1
-            return
-        status, _attempt = invoice_charge(invoice=invoice, payment_method=method, at=at)
+        outcome = subscription_invoice_charge_off_session(invoice=invoice, at=at)
     except BillingError as exc:
-        if exc.code == ErrorCode.PAYMENT_DECLINED:
-            report.declined += 1
-        else:
-            report.errors.append(f"{subscription_id}: {exc.code}")
+        report.errors.append(f"{subscription_id}: {exc.code}")
         return
-    except Exception as exc:
+    except Exception as exc:  # one subscription never stops the sweep
         log.exception("dunning_retry_failed", subscription=str(subscription_id))
         report.errors.append(f"{subscription_id}: {type(exc).__name__}")
         return
-    if status == "succeeded":
+    if outcome == "succeeded":
         report.recovered += 1
+    elif outcome == "declined":
+        report.declined += 1
     else:
         report.pending += 1
+
+
+DEFAULT_CARD: Any = object()  # `subscription_invoice_charge_off_session`: read the owner's default card
+
+
+def subscription_invoice_charge_off_session(
+    *, invoice: Invoice, at: datetime, method: Any = DEFAULT_CARD
+) -> str:
+    """Charge a renewal (or a dunning retry of it) off-session: "succeeded", "declined" (a decline,
+    or no card on file: dunning starts or goes on, the owner can add a card and pay) or "pending"
+    (3-D Secure or an unknown outcome, settled later). Anything else raises: the sweeps isolate it."""
+    from billing.services.checkout import invoice_charge  # checkout -> payments -> fulfilment -> here
+
+    if method is DEFAULT_CARD:
+        method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
+    if method is None:
+        dunning_decline_without_card(invoice=invoice, at=at)
+        return "declined"
+    try:
+        status, _attempt = invoice_charge(invoice=invoice, payment_method=method, at=at)
+    except BillingError as exc:
+        if exc.code == ErrorCode.PAYMENT_DECLINED:
+            return "declined"
+        raise
+    return "succeeded" if status == "succeeded" else "pending"
 
 
 def dunning_decline_without_card(*, invoice: Invoice, at: datetime) -> None:

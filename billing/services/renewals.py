@@ -36,13 +36,12 @@ from billing.models import (
 )
 from billing.models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
 from billing.services import outbound_events
-from billing.services.checkout import invoice_charge
 from billing.services.clocks import owners_on_test_clocks
-from billing.services.dunning import dunning_decline_without_card
+from billing.services.dunning import DEFAULT_CARD, subscription_invoice_charge_off_session
 from billing.services.entitlements import entitlements_end
 from billing.services.invoices import subscription_period_invoice_create
 from billing.services.transitions import subscription_transition
-from core.errors import BillingError, ErrorCode
+from core.errors import BillingError
 from core.metrics import renewal_sweep_record
 from core.periods import Interval, period_at
 from core.redis import redis_client, redis_key
@@ -219,32 +218,22 @@ def _renew_one(
     return invoice
 
 
-_LOOK_UP = object()  # `_charge`'s method not given: read the owner's default card
-
-
-def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method: Any = _LOOK_UP) -> None:
+def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method: Any = DEFAULT_CARD) -> None:
     subscription_id = invoice.subscription_id
     try:
-        if method is _LOOK_UP:
-            method = PaymentMethod.objects.filter(owner_id=invoice.owner_id, is_default=True).first()
-        if method is None:  # counts as declined: dunning starts, the owner can add a card and pay
-            dunning_decline_without_card(invoice=invoice, at=at)
-            report.declined += 1
-            return
-        status, _ = invoice_charge(invoice=invoice, payment_method=method, at=at)
+        outcome = subscription_invoice_charge_off_session(invoice=invoice, at=at, method=method)
     except BillingError as exc:
-        if exc.code == ErrorCode.PAYMENT_DECLINED:
-            report.declined += 1
-        else:
-            report.errors.append(f"{subscription_id}: {exc.code}")
-            log.warning("renewal_charge_failed", subscription=str(subscription_id), code=str(exc.code))
+        report.errors.append(f"{subscription_id}: {exc.code}")
+        log.warning("renewal_charge_failed", subscription=str(subscription_id), code=str(exc.code))
         return
     except Exception as exc:  # one subscription never stops the sweep
         log.exception("renewal_charge_failed", subscription=str(subscription_id))
         report.errors.append(f"{subscription_id}: {type(exc).__name__}")
         return
-    if status == "succeeded":
+    if outcome == "succeeded":
         report.renewed += 1
+    elif outcome == "declined":
+        report.declined += 1
     else:
         report.pending += 1
 
