@@ -38,26 +38,12 @@ def entitlements_grant_for_subscription_period(
 ) -> list[Entitlement]:
     """One row per feature of the subscribed offer for `[period_start, period_end)`. A grace row
     of the same period (the renewal was declined, then paid) becomes the paid period."""
-    _check_period(period_start, period_end)
-    granted = []
-    for feature in subscription.offer.features.all():
-        entitlement, created = Entitlement.objects.get_or_create(
-            subscription=subscription,
-            feature=feature,
-            starts_at=period_start,
-            defaults={
-                "vehicle_id": subscription.vehicle_id,
-                "source": EntitlementSource.SUBSCRIPTION,
-                "ends_at": period_end,
-            },
-        )
-        if not created and entitlement.source == EntitlementSource.GRACE:
-            entitlement.source, entitlement.ends_at = EntitlementSource.SUBSCRIPTION, period_end
-            entitlement.save(update_fields=["source", "ends_at"])
-        granted.append(entitlement)
-    outbound_events.entitlements_granted(granted)  # outbox
-    vehicle_state_changed(subscription.vehicle_id)
-    return granted
+    return _grant_subscription_rows(
+        subscription=subscription,
+        period_start=period_start,
+        ends_at=period_end,
+        source=EntitlementSource.SUBSCRIPTION,
+    )
 
 
 @transaction.atomic
@@ -65,19 +51,31 @@ def entitlements_grant_grace(
     *, subscription: Subscription, period_start: datetime, until: datetime
 ) -> list[Entitlement]:
     """While a declined renewal is retried, the car keeps the plan's features until `until`."""
-    _check_period(period_start, until)
+    return _grant_subscription_rows(
+        subscription=subscription, period_start=period_start, ends_at=until, source=EntitlementSource.GRACE
+    )
+
+
+def _grant_subscription_rows(
+    *, subscription: Subscription, period_start: datetime, ends_at: datetime, source: str
+) -> list[Entitlement]:
+    """One row per feature of the plan for `[period_start, ends_at)` (unique per subscription,
+    feature and start). A grace row of that period becomes the paid one when the period is paid."""
+    _check_period(period_start, ends_at)
     granted = []
     for feature in subscription.offer.features.all():
-        entitlement, _ = Entitlement.objects.get_or_create(
+        entitlement, created = Entitlement.objects.get_or_create(
             subscription=subscription,
             feature=feature,
             starts_at=period_start,
-            defaults={
-                "vehicle_id": subscription.vehicle_id,
-                "source": EntitlementSource.GRACE,
-                "ends_at": until,
-            },
+            defaults={"vehicle_id": subscription.vehicle_id, "source": source, "ends_at": ends_at},
         )
+        paid_after_grace = (
+            source == EntitlementSource.SUBSCRIPTION and entitlement.source == EntitlementSource.GRACE
+        )
+        if not created and paid_after_grace:
+            entitlement.source, entitlement.ends_at = EntitlementSource.SUBSCRIPTION, ends_at
+            entitlement.save(update_fields=["source", "ends_at"])
         granted.append(entitlement)
     outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(subscription.vehicle_id)
