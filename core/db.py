@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from django.db import models
+from django.db import connections, models, router
 
 from core.money import CURRENCY_CODES
 
@@ -32,3 +33,35 @@ def half_open_constraint(
         condition=models.Q(**{f"{end}__isnull": True}) | models.Q(**{bound: models.F(start)}),
         name=name,
     )
+
+
+def rows_update(objs: Sequence[models.Model], fields: Sequence[str]) -> int:
+    """Save `fields` of many rows of one model in one statement: `bulk_update` without its
+    per-row CASE expressions, which cost more in Python than the update in PostgreSQL
+    (`UPDATE ... FROM (VALUES ...)`). Other databases (the SQLite demo): `bulk_update`.
+    Like `bulk_update`, it calls no `save()` and sets no `auto_now` field."""
+    if not objs:
+        return 0
+    model = type(objs[0])
+    connection = connections[router.db_for_write(model)]
+    if connection.vendor != "postgresql":
+        return model._default_manager.bulk_update(objs, list(fields))
+    pk = model._meta.pk
+    assert pk is not None  # every model has one
+    columns = [pk, *(model._meta.get_field(name) for name in fields)]
+    casts = ", ".join(f"%s::{field.db_type(connection)}" for field in columns)
+    values = ", ".join([f"({casts})"] * len(objs))
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(field.column) for field in columns)
+    table = quote(model._meta.db_table)
+    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in columns[1:])
+    params = [
+        field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs for field in columns
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {assignments} FROM (VALUES {values}) AS v({names}) "
+            f"WHERE {table}.{quote(pk.column)} = v.{quote(pk.column)}",
+            params,
+        )
+        return cursor.rowcount

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Literal, Protocol
 
+import requests
 import stripe
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -219,8 +220,17 @@ def _build_client(
         api_key,
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
-        http_client=_BudgetedRequestsClient(timeout=timeout_seconds),
+        http_client=_BudgetedRequestsClient(
+            timeout=timeout_seconds, proxy=_environment_proxies(api_base or stripe.api_base)
+        ),
     )
+
+
+def _environment_proxies(url: str) -> dict[str, str] | None:
+    """HTTP(S)_PROXY / NO_PROXY for Stripe's address, read once per client: `requests` would
+    otherwise walk the whole environment on every call (0.6 ms of a 1.5 ms call)."""
+    proxies = requests.utils.get_environ_proxies(url)
+    return {scheme: proxies[scheme] for scheme in ("http", "https") if scheme in proxies} or None
 
 
 # -- the shared rate budget (core/ratebudget.py) -----------------------------------------------
@@ -230,6 +240,10 @@ class _BudgetedRequestsClient(stripe.RequestsClient):
     slot within the budget's wait: a 429 of our own, handled as Stripe's (`RateLimited`)."""
 
     def request(self, method, url, headers, post_data=None, **kwargs):
+        if getattr(self._thread_local, "session", None) is None:  # one session per thread, as the SDK's
+            session = requests.Session()
+            session.trust_env = False  # the proxies were read once (`_environment_proxies`)
+            self._thread_local.session = session
         _budget()
         return super().request(method, url, headers, post_data, **kwargs)
 

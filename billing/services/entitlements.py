@@ -7,6 +7,7 @@ Every grant is idempotent (database constraints + get_or_create), so a retried t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -18,7 +19,7 @@ from billing.models import Entitlement, EntitlementSource, Feature, Offer, Purch
 from billing.services import outbound_events
 from core.errors import ErrorCode, ValidationError
 from vehicles.models import Vehicle
-from vehicles.state_cache import vehicle_state_changed
+from vehicles.state_cache import vehicle_state_changed, vehicles_state_changed
 
 
 def _check_period(starts_at: datetime, ends_at: datetime | None) -> None:
@@ -80,6 +81,39 @@ def _grant_subscription_rows(
     outbound_events.entitlements_granted(granted)  # outbox
     vehicle_state_changed(subscription.vehicle_id)
     return granted
+
+
+def entitlements_grant_for_renewals(
+    periods: Sequence[tuple[Subscription, datetime, datetime]],
+) -> list[Entitlement]:
+    """`entitlements_grant_for_subscription_period` for a batch of renewals paid at once, in a
+    constant number of statements; records no event (the caller records the batch's, with the
+    invoices'). Each (subscription, start, end) must be a new period: the batch holds its
+    subscriptions locked and opened their invoices itself, so no row of it exists yet (the
+    unique constraint would refuse the whole batch otherwise, and the caller renews one by one)."""
+    if not periods:
+        return []
+    for _, start, end in periods:
+        _check_period(start, end)
+    features: dict[int, list[int]] = {}
+    for offer_id, feature_id in Offer.features.through.objects.filter(
+        offer_id__in={subscription.offer_id for subscription, _, _ in periods}
+    ).values_list("offer_id", "feature_id"):
+        features.setdefault(offer_id, []).append(feature_id)
+    rows = Entitlement.objects.bulk_create(
+        Entitlement(
+            subscription=subscription,
+            feature_id=feature_id,
+            vehicle_id=subscription.vehicle_id,
+            source=EntitlementSource.SUBSCRIPTION,
+            starts_at=start,
+            ends_at=end,
+        )
+        for subscription, start, end in periods
+        for feature_id in features.get(subscription.offer_id, [])
+    )
+    vehicles_state_changed([subscription.vehicle_id for subscription, _, _ in periods])
+    return rows
 
 
 @transaction.atomic

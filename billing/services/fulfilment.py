@@ -8,7 +8,9 @@ can no longer be delivered is refunded by the caller, never applied to anything 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from billing.models import (
@@ -26,9 +28,16 @@ from billing.services.dunning import dunning_clear, dunning_retry_failed, dunnin
 from billing.services.entitlements import (
     entitlements_end,
     entitlements_grant_for_purchase,
+    entitlements_grant_for_renewals,
     entitlements_grant_for_subscription_period,
 )
-from billing.services.transitions import invoice_transition, purchase_transition, subscription_transition
+from billing.services.transitions import (
+    invoice_transition,
+    invoices_transition,
+    purchase_transition,
+    subscription_transition,
+    subscriptions_transition,
+)
 from vehicles.models import Ownership
 
 
@@ -103,6 +112,64 @@ def invoice_fulfil_paid(*, invoice: Invoice, at: datetime) -> None:
     elif invoice.kind == InvoiceKind.PLAN_CHANGE:
         _apply_plan_change(subscription=subscription, invoice=invoice, at=at)
     outbound_events.invoice_paid(invoice)  # outbox
+
+
+def renewals_fulfil_paid(*, invoices: Sequence[Invoice], payers: Mapping[Any, int], at: datetime) -> set[Any]:
+    """`invoice_fulfil_paid` for a batch of renewal invoices paid at once, in a constant number of
+    statements: each invoice paid, a trial that ends becomes active, the new period's
+    entitlements granted, per car `entitlement.granted` then `invoice.paid`.
+
+    The caller holds the cars and the invoices locked (in that order); the subscriptions are
+    locked here. Only what is plainly deliverable is fulfilled: an open renewal invoice whose
+    subscription is renewing (active or trialing) and whose car is still the payer's (`payers`:
+    invoice id -> owner id). Returns the ids of the invoices fulfilled; the caller records the
+    others one by one (`payment_attempt_record`, which refunds what cannot be delivered)."""
+    subscriptions = {
+        subscription.pk: subscription
+        for subscription in Subscription.objects.select_for_update(of=("self",))
+        .select_related("offer", "price", "pending_offer")
+        .filter(pk__in={invoice.subscription_id for invoice in invoices})
+        .order_by("pk")
+    }
+    vehicle_owner = dict(
+        Ownership.objects.filter(
+            vehicle_id__in={invoice.vehicle_id for invoice in invoices}, ends_at__isnull=True
+        ).values_list("vehicle_id", "owner_id")
+    )
+    renewing = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING)
+    deliverable = [
+        invoice
+        for invoice in invoices
+        if invoice.status == InvoiceStatus.OPEN
+        and invoice.kind == InvoiceKind.SUBSCRIPTION_PERIOD
+        and invoice.subscription_id in subscriptions
+        and subscriptions[invoice.subscription_id].status in renewing
+        and invoice.vehicle_id is not None
+        and vehicle_owner.get(invoice.vehicle_id) == payers.get(invoice.pk)
+        and invoice.period_start is not None
+        and invoice.period_end is not None
+    ]
+    if not deliverable:
+        return set()
+    invoices_transition(invoices=deliverable, to=InvoiceStatus.PAID, at=at)
+    trials = [
+        subscriptions[invoice.subscription_id]
+        for invoice in deliverable
+        if subscriptions[invoice.subscription_id].status == SubscriptionStatus.TRIALING
+    ]
+    if trials:
+        subscriptions_transition(
+            subscriptions=trials, to=SubscriptionStatus.ACTIVE, changes=dunning_clear(subscription=trials[0])
+        )
+    granted = entitlements_grant_for_renewals(
+        [
+            (subscriptions[invoice.subscription_id], invoice.period_start, invoice.period_end)
+            for invoice in deliverable
+            if invoice.period_start is not None and invoice.period_end is not None  # checked above
+        ]
+    )
+    outbound_events.renewals_paid(invoices=deliverable, subscriptions=subscriptions, entitlements=granted)
+    return {invoice.pk for invoice in deliverable}
 
 
 def _apply_plan_change(*, subscription: Subscription, invoice: Invoice, at: datetime) -> None:

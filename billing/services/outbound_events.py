@@ -1,5 +1,6 @@
 """The billing events the carmaker's systems receive, built here and recorded in the outbox
-(`events.services.event_record`) inside the transaction of the change they describe.
+(`events.services.event_record`, `events_record` for a batch) inside the transaction of the
+change they describe.
 
 Each function is called by one billing service at the point the change happens, with the rows
 already locked, and records after those locks (the outbox's per-vehicle counter is the last lock
@@ -10,7 +11,7 @@ and ISO 8601 UTC times; never secrets, card data or the personal data of an owne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -20,7 +21,7 @@ from django.db import transaction
 
 from billing.models import Entitlement, Feature, Invoice, Purchase, Subscription
 from events.models import EventType
-from events.services import event_record
+from events.services import EventSpec, events_record
 from vehicles.models import Vehicle
 
 log = structlog.get_logger(__name__)
@@ -38,36 +39,57 @@ def _money(amount_minor: int, currency: str) -> dict:
     return {"amount_minor": int(amount_minor), "currency": currency}
 
 
-def _vehicle(vehicle_id: UUID | str | None) -> dict | None:
-    if vehicle_id is None:
-        return None
-    vin = Vehicle.objects.filter(pk=vehicle_id).values_list("vin", flat=True).first()
-    return {"id": str(vehicle_id), "vin": vin}
+Item = tuple[str, UUID | str | None, dict]  # (event type, vehicle id, data)
 
 
 def _record(event_type: str, *, vehicle_id: UUID | str | None, data: dict) -> None:
+    _record_many([(event_type, vehicle_id, data)])
+
+
+def _record_many(items: Sequence[Item]) -> None:
     """Record in a savepoint of the caller's transaction. An event that cannot be recorded is
     logged and the change goes on: fulfilment after a successful charge must never fail (it
     would refund the customer) because a message to another system could not be written."""
+    if not items:
+        return
     try:
         with transaction.atomic():
-            event_record(
-                type=event_type,
-                payload={"vehicle": _vehicle(vehicle_id), **data},
-                ordering_key=str(vehicle_id) if vehicle_id else None,
+            vins = {
+                str(pk): vin
+                for pk, vin in Vehicle.objects.filter(
+                    pk__in={vehicle_id for _, vehicle_id, _ in items if vehicle_id is not None}
+                ).values_list("pk", "vin")
+            }
+            events_record(
+                [
+                    EventSpec(
+                        type=event_type,
+                        payload={
+                            "vehicle": {"id": str(vehicle_id), "vin": vins.get(str(vehicle_id))}
+                            if vehicle_id is not None
+                            else None,
+                            **data,
+                        },
+                        ordering_key=str(vehicle_id) if vehicle_id else None,
+                    )
+                    for event_type, vehicle_id, data in items
+                ]
             )
     except Exception:
-        log.exception("outbound_event_not_recorded", type=event_type, vehicle=str(vehicle_id))
+        log.exception("outbound_event_not_recorded", types=sorted({t for t, _, _ in items}), count=len(items))
 
 
-def _subscription(subscription: Subscription) -> dict:
+def _subscription(subscription: Subscription, *, features: Sequence[str] | None = None) -> dict:
+    """`features`: the plan's feature codes when the caller read them already (a batch)."""
     price = subscription.price
     return {
         "id": str(subscription.pk),
         "owner_id": subscription.owner_id,
         "status": subscription.status,
         "offer": subscription.offer.code,
-        "features": sorted(subscription.offer.features.values_list("code", flat=True)),
+        "features": sorted(
+            features if features is not None else subscription.offer.features.values_list("code", flat=True)
+        ),
         "price": _money(price.amount_minor, price.currency),
         "interval": subscription.offer.interval,
         "current_period_start": _iso(subscription.current_period_start),
@@ -99,14 +121,19 @@ def _invoice(invoice: Invoice) -> dict:
 
 def entitlements_granted(entitlements: Iterable[Entitlement]) -> None:
     """`entitlement.granted`: the rows one grant created or extended, one event per vehicle."""
-    rows = list(entitlements)
+    _record_many(_entitlements_granted_items(list(entitlements)))
+
+
+def _entitlements_granted_items(rows: Sequence[Entitlement]) -> list[Item]:
     codes = dict(Feature.objects.filter(pk__in={e.feature_id for e in rows}).values_list("pk", "code"))
-    for vehicle_id in dict.fromkeys(e.vehicle_id for e in rows):
-        mine = [e for e in rows if e.vehicle_id == vehicle_id]
-        _record(
+    per_vehicle: dict[Any, list[Entitlement]] = {}
+    for row in rows:
+        per_vehicle.setdefault(row.vehicle_id, []).append(row)
+    return [
+        (
             EventType.ENTITLEMENT_GRANTED,
-            vehicle_id=vehicle_id,
-            data={
+            vehicle_id,
+            {
                 "features": sorted({codes[e.feature_id] for e in mine}),
                 "entitlements": [
                     {
@@ -122,6 +149,32 @@ def entitlements_granted(entitlements: Iterable[Entitlement]) -> None:
                 ],
             },
         )
+        for vehicle_id, mine in per_vehicle.items()
+    ]
+
+
+def renewals_paid(
+    *,
+    invoices: Sequence[Invoice],
+    subscriptions: Mapping[Any, Subscription],
+    entitlements: Sequence[Entitlement],
+) -> None:
+    """A batch of renewals paid: per car `entitlement.granted` then `invoice.paid`, as
+    `entitlements_granted` and `invoice_paid` record them one renewal at a time.
+    `subscriptions`: id -> the subscription as paid, its offer and price selected."""
+    offer_ids = {subscription.offer_id for subscription in subscriptions.values()}
+    features: dict[Any, list[str]] = {}
+    for offer_id, code in Feature.objects.filter(offers__in=offer_ids).values_list("offers", "code"):
+        features.setdefault(offer_id, []).append(code)
+    items = _entitlements_granted_items(entitlements)
+    for invoice in invoices:
+        subscription = subscriptions[invoice.subscription_id]
+        data = {
+            "invoice": _invoice(invoice),
+            "subscription": _subscription(subscription, features=features.get(subscription.offer_id, [])),
+        }
+        items.append((EventType.INVOICE_PAID, invoice.vehicle_id, data))
+    _record_many(items)
 
 
 def entitlements_revoked(

@@ -3,7 +3,8 @@
 1. `payment_attempt_create` commits the attempt row (one live attempt per invoice: a constraint).
 2. `payment_attempt_charge` calls Stripe with `idempotency_key = attempt.idempotency_key`.
 3. `payment_attempt_record` stores the outcome in a new transaction, locks the row, applies the
-   allowed transition and fulfils the invoice once. A timeout leaves the attempt `unknown`, never
+   allowed transition and fulfils the invoice once (the renewal sweep records a batch of plain
+   successes at once: `renewal_answers_record`). A timeout leaves the attempt `unknown`, never
    `declined`; the reconciler (`payment_attempts_reconcile`) settles it with the same key.
 
 Money taken is never lost: the attempt's `succeeded` is saved before fulfilment runs, in a
@@ -15,8 +16,10 @@ through the refund service instead of raising.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -33,10 +36,15 @@ from billing.services.fulfilment import (
     invoice_fulfil_failed,
     invoice_fulfil_paid,
     invoice_undeliverable_reason,
+    renewals_fulfil_paid,
 )
 from billing.services.reconcile import reconcile_failure_record, reconcile_retry_now
 from billing.services.refunds import refund_execute_safely, refund_prepare, refundable_minor
-from billing.services.transitions import invoice_transition, payment_attempt_transition
+from billing.services.transitions import (
+    invoice_transition,
+    payment_attempt_transition,
+    payment_attempts_transition,
+)
 from core.errors import BillingError, Conflict, ErrorCode
 from core.money import Money
 from vehicles.models import Vehicle
@@ -98,6 +106,23 @@ def payment_attempt_charge(
     attempt = PaymentAttempt.objects.select_related("owner", "payment_method").get(pk=attempt_id)
     if attempt.status not in (AttemptStatus.PENDING, AttemptStatus.UNKNOWN):
         return attempt
+    return payment_attempt_answer_record(
+        attempt=attempt, answer=payment_attempt_call_stripe(attempt=attempt, off_session=off_session), at=at
+    )
+
+
+@dataclass(frozen=True)
+class StripeAnswer:
+    """What one PaymentIntent create gave: a result, an unknown outcome, or nothing charged."""
+
+    result: gateway.ChargeResult | None = None
+    unknown: str | None = None  # the outcome is unknown: why (the reconciler replays the key)
+    not_charged: tuple[str, str] | None = None  # (code, message): refused before or by Stripe
+
+
+def payment_attempt_call_stripe(*, attempt: PaymentAttempt, off_session: bool = True) -> StripeAnswer:
+    """Step 2 alone: create and confirm the attempt's PaymentIntent (its key from the row).
+    Never raises; reads the owner and the card from `attempt` (select them with it)."""
     try:
         customer_id = owner_ensure_stripe_customer(owner=attempt.owner)
         result = gateway.payment_intent_create(
@@ -112,14 +137,110 @@ def payment_attempt_charge(
     except gateway.InvalidRequest as exc:
         # Stripe refused the request itself (400): nothing was charged. A bug of ours, logged loudly.
         log.error("payment_request_refused", attempt=str(attempt.pk), error=str(exc))
-        return _record_not_charged(attempt, "provider_rejected", str(exc), at=at)
+        return StripeAnswer(not_charged=("provider_rejected", str(exc)))
     except gateway.PaymentGatewayError as exc:  # timeout, 5xx, 429, key conflict: outcome unknown
         log.warning("payment_outcome_unknown", attempt=str(attempt.pk), error=str(exc))
-        return payment_attempt_mark_unknown(attempt_id=attempt.pk, reason=str(exc))
+        return StripeAnswer(unknown=str(exc))
     except BillingError as exc:  # refused before any call (e.g. an amount Stripe cannot take)
         log.error("payment_not_sendable", attempt=str(attempt.pk), error=exc.message)
-        return _record_not_charged(attempt, str(exc.code), exc.message, at=at)
-    return _record_after_charge(attempt, result, at=at)
+        return StripeAnswer(not_charged=(str(exc.code), exc.message))
+    return StripeAnswer(result=result)
+
+
+def payment_attempt_answer_record(
+    *, attempt: PaymentAttempt, answer: StripeAnswer, at: datetime | None = None
+) -> PaymentAttempt:
+    """Step 3 for one attempt: record `answer` (see `payment_attempt_record`)."""
+    if answer.not_charged is not None:
+        return _record_not_charged(attempt, *answer.not_charged, at=at)
+    if answer.result is None:
+        return payment_attempt_mark_unknown(attempt_id=attempt.pk, reason=answer.unknown or "no answer")
+    return _record_after_charge(attempt, answer.result, at=at)
+
+
+def renewal_answers_record(
+    answers: Sequence[tuple[PaymentAttempt, StripeAnswer]], *, at: datetime
+) -> list[PaymentAttempt]:
+    """Step 3 for a batch of renewal charges (the sweep's), in order of `answers`.
+
+    The plain case, a succeeded PaymentIntent that is provably the attempt's and a renewal still
+    deliverable, is recorded and fulfilled for the whole batch in one transaction with a constant
+    number of statements. Everything else (declines, 3-D Secure, unknown outcomes, mismatches,
+    what can no longer be delivered) and the whole batch if that transaction fails, goes through
+    `payment_attempt_answer_record`, one by one, exactly as a single charge does. Never raises.
+    """
+    plain = {
+        attempt.pk: answer.result
+        for attempt, answer in answers
+        if answer.result is not None
+        and answer.result.status == "succeeded"
+        and answer.result.payment_intent_id
+        and _mismatch(attempt, answer.result) is None
+    }
+    recorded: dict[Any, PaymentAttempt] = {}
+    if plain:
+        try:
+            recorded = _renewals_record_succeeded(plain, at=at)
+        except Exception:
+            log.exception("renewal_batch_record_failed", attempts=len(plain))
+            recorded = {}
+    outcomes = []
+    for attempt, answer in answers:
+        if attempt.pk in recorded:
+            outcomes.append(recorded[attempt.pk])
+            continue
+        try:
+            outcomes.append(payment_attempt_answer_record(attempt=attempt, answer=answer, at=at))
+        except Exception:  # never raise after a charge: the reconciler replays the key
+            log.exception("payment_record_failed", attempt=str(attempt.pk))
+            outcomes.append(attempt)
+    return outcomes
+
+
+def _renewals_record_succeeded(
+    results: Mapping[Any, gateway.ChargeResult], *, at: datetime
+) -> dict[Any, PaymentAttempt]:
+    """Record succeeded renewal charges in one transaction; returns the attempts it recorded
+    (the rest are left untouched for the one-by-one path). Locks as every payment does: cars,
+    then attempts, then invoices (then subscriptions, in `renewals_fulfil_paid`), each in id order."""
+    with transaction.atomic():
+        invoice_of = dict(PaymentAttempt.objects.filter(pk__in=list(results)).values_list("pk", "invoice_id"))
+        vehicle_ids = Invoice.objects.filter(pk__in=set(invoice_of.values()), vehicle_id__isnull=False)
+        list(
+            Vehicle.objects.select_for_update()
+            .filter(pk__in=vehicle_ids.values("vehicle_id"))
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        locked = PaymentAttempt.objects.select_for_update().filter(pk__in=list(results)).order_by("pk")
+        attempts = [
+            attempt
+            for attempt in locked
+            if attempt.status in (AttemptStatus.PENDING, AttemptStatus.UNKNOWN)
+            and _mismatch(attempt, results[attempt.pk]) is None
+        ]
+        invoices = list(
+            Invoice.objects.select_for_update().filter(pk__in=[a.invoice_id for a in attempts]).order_by("pk")
+        )
+        payers = {attempt.invoice_id: attempt.owner_id for attempt in attempts}
+        fulfilled = renewals_fulfil_paid(invoices=invoices, payers=payers, at=at)
+        succeeded = [attempt for attempt in attempts if attempt.invoice_id in fulfilled]
+        payment_attempts_transition(
+            attempts=succeeded,
+            to=AttemptStatus.SUCCEEDED,
+            changes=[
+                {
+                    "stripe_payment_intent_id": results[attempt.pk].payment_intent_id,
+                    "client_secret": "",
+                    "error_code": "",
+                    "error_message": "",
+                    "next_reconcile_at": None,
+                }
+                for attempt in succeeded
+            ],
+        )
+        log.info("renewal_payments_recorded", succeeded=len(succeeded), of=len(results))
+        return {attempt.pk: attempt for attempt in succeeded}
 
 
 def _record_not_charged(

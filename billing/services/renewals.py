@@ -29,7 +29,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.models import (
+    AttemptStatus,
     Invoice,
+    PaymentAttempt,
     PaymentMethod,
     Subscription,
     SubscriptionStatus,
@@ -39,11 +41,18 @@ from billing.services import outbound_events
 from billing.services.clocks import owners_on_test_clocks
 from billing.services.dunning import DEFAULT_CARD, subscription_invoice_charge_off_session
 from billing.services.entitlements import entitlements_end
-from billing.services.invoices import subscription_period_invoice_create
+from billing.services.invoices import (
+    invoices_create,
+    subscription_period_draft,
+    subscription_period_invoice_create,
+)
+from billing.services.payments import payment_attempt_call_stripe, renewal_answers_record
+from billing.services.tax import TaxLookups
 from billing.services.transitions import subscription_transition
+from core.db import rows_update
 from core.errors import BillingError
 from core.metrics import renewal_sweep_record
-from core.periods import Interval, period_at
+from core.periods import Interval, Period, period_at
 from core.redis import redis_client, redis_key
 
 log = structlog.get_logger(__name__)
@@ -126,50 +135,145 @@ def subscriptions_renew_due(
     taken = 0
     while taken < limit:
         size = min(CLAIM_BATCH_SIZE, limit - taken)
-        claimed, to_charge = _claim_and_renew(
-            due=due, at=at, size=size, passed_over=passed_over, report=report
-        )
+        claimed, batch = _claim_and_renew(due=due, at=at, size=size, passed_over=passed_over, report=report)
         if not claimed:
             break
         taken += claimed
-        for invoice, method in to_charge:
-            _charge(invoice=invoice, method=method, report=report, at=at)
+        _charge_batch(batch=batch, report=report, at=at)
     if subscription_ids is None:
         stranded_renewal_invoices_charge(at=at, owner_ids=owner_ids, report=report)
     renewal_sweep_record(report)  # metrics: /metrics billing_renewals_total
     return report
 
 
+@dataclass
+class RenewalBatch:
+    """What one claim renewed, to charge after its transaction committed: the plain renewals'
+    attempts (committed with their invoices, charged and recorded as a batch) and the invoices
+    of the others, charged one by one."""
+
+    attempts: list[PaymentAttempt] = field(default_factory=list)
+    one_by_one: list[tuple[Invoice, PaymentMethod | None]] = field(default_factory=list)
+
+
 def _claim_and_renew(
     *, due: QuerySet[Subscription], at: datetime, size: int, passed_over: set[Any], report: SweepReport
-) -> tuple[int, list[tuple[Invoice, PaymentMethod | None]]]:
+) -> tuple[int, RenewalBatch]:
     """Lock up to `size` due rows (SKIP LOCKED) and renew them in this one transaction, holding
-    the locks until it commits; each row in a savepoint of its own (`subscription_renew`'s), so
-    an error rolls back that row only. Returns how many rows it claimed and the invoices to
-    charge, each with its owner's default card."""
-    to_charge: list[tuple[Invoice, PaymentMethod | None]] = []
+    the locks until it commits. The plain ones (renewing at the same price, a card on file) are
+    renewed together, in a constant number of statements: next periods, invoices with their VAT
+    and consecutive numbers, and their payment attempts; the others (set to cancel, a pending
+    downgrade, a trial ending without a card, an invoice of the period already there, or the
+    whole batch if that fails) one by one, each in a savepoint of its own (`subscription_renew`'s),
+    so an error rolls back that row only. Returns how many rows it claimed and what to charge."""
+    batch = RenewalBatch()
     with transaction.atomic():
         claimed = list(
             due.select_for_update(skip_locked=True, of=("self",))
             .exclude(pk__in=passed_over)
-            .order_by("current_period_end")
-            .values_list("pk", "owner_id")[:size]
+            .select_related("offer", "price", "owner", "vehicle")
+            .order_by("current_period_end")[:size]
         )
         cards = {  # the owners' default cards, read once for the batch
             method.owner_id: method
             for method in PaymentMethod.objects.filter(
-                owner_id__in={owner_id for _, owner_id in claimed}, is_default=True
+                owner_id__in={subscription.owner_id for subscription in claimed}, is_default=True
             )
         }
-        for subscription_id, owner_id in claimed:
+        plain = [
+            subscription
+            for subscription in claimed
+            if subscription.owner_id in cards
+            and not subscription.cancel_at_period_end
+            and subscription.pending_price_id is None
+        ]
+        renewed = _renew_plain(plain, cards=cards, at=at)
+        batch.attempts = renewed.attempts
+        batch.one_by_one = renewed.one_by_one
+        done = {attempt.invoice.subscription_id for attempt in renewed.attempts} | {
+            invoice.subscription_id for invoice, _ in renewed.one_by_one
+        }
+        for subscription in claimed:
+            if subscription.pk in done:
+                continue
             invoice = _renew_one(
-                subscription_id=subscription_id, at=at, has_card=owner_id in cards, report=report
+                subscription_id=subscription.pk, at=at, has_card=subscription.owner_id in cards, report=report
             )
             if isinstance(invoice, Invoice):
-                to_charge.append((invoice, cards.get(owner_id)))
+                batch.one_by_one.append((invoice, cards.get(subscription.owner_id)))
             elif invoice is not RenewalSkipped.ENDED:  # failed, or not due: never claimed again here
-                passed_over.add(subscription_id)
-    return len(claimed), to_charge
+                passed_over.add(subscription.pk)
+    return len(claimed), batch
+
+
+def _renew_plain(plain: list[Subscription], *, cards: dict[int, PaymentMethod], at: datetime) -> RenewalBatch:
+    """Renew `plain` subscriptions (locked by the caller) together, in a savepoint: on any error
+    nothing of it stays and the caller renews them one by one. A subscription whose next
+    period's invoice exists already is left to the one-by-one path too."""
+    if not plain:
+        return RenewalBatch()
+    try:
+        with transaction.atomic():
+            existing = set(
+                Invoice.objects.filter(
+                    subscription_id__in=[subscription.pk for subscription in plain],
+                    period_start__in={subscription.current_period_end for subscription in plain},
+                ).values_list("subscription_id", "period_start")
+            )
+            fresh = [s for s in plain if (s.pk, s.current_period_end) not in existing]
+            if not fresh:
+                return RenewalBatch()
+            now = timezone.now()
+            for subscription in fresh:
+                period = _next_period(subscription)
+                subscription.current_period_start, subscription.current_period_end = period.start, period.end
+                subscription.updated_at = now
+            rows_update(fresh, ["current_period_start", "current_period_end", "updated_at"])
+            invoices = invoices_create(
+                [
+                    subscription_period_draft(s, s.current_period_start, s.current_period_end)
+                    for s in fresh
+                ],
+                at=at,
+                lookups=TaxLookups(owner_ids={s.owner_id for s in fresh}),
+            )
+            attempts = PaymentAttempt.objects.bulk_create(
+                PaymentAttempt(
+                    invoice=invoice,
+                    owner=invoice.owner,
+                    payment_method=cards[invoice.owner_id],
+                    amount_minor=invoice.total_minor,
+                    currency=invoice.currency,
+                )
+                for invoice in invoices
+                if invoice.total_minor > 0
+            )
+            free = [(i, cards.get(i.owner_id)) for i in invoices if i.total_minor <= 0]
+            return RenewalBatch(attempts=attempts, one_by_one=free)
+    except Exception:
+        log.exception("renewal_batch_failed", subscriptions=len(plain))
+        return RenewalBatch()
+
+
+def _charge_batch(*, batch: RenewalBatch, report: SweepReport, at: datetime) -> None:
+    """Charge a committed batch: one PaymentIntent per attempt (its own key), the plain
+    successes recorded together (`renewal_answers_record`), the rest one by one."""
+    answers = []
+    for attempt in batch.attempts:
+        try:
+            answers.append((attempt, payment_attempt_call_stripe(attempt=attempt)))
+        except Exception as exc:  # one charge never stops the sweep; the reconciler replays the key
+            log.exception("renewal_charge_failed", subscription=str(attempt.invoice.subscription_id))
+            report.errors.append(f"{attempt.invoice.subscription_id}: {type(exc).__name__}")
+    for attempt in renewal_answers_record(answers, at=at):
+        if attempt.status == AttemptStatus.SUCCEEDED:
+            report.renewed += 1
+        elif attempt.status == AttemptStatus.DECLINED:
+            report.declined += 1
+        else:
+            report.pending += 1
+    for invoice, method in batch.one_by_one:
+        _charge(invoice=invoice, method=method, report=report, at=at)
 
 
 def stranded_renewal_invoices_charge(
@@ -238,6 +342,13 @@ def _charge(*, invoice: Invoice, report: SweepReport, at: datetime, method: Any 
         report.pending += 1
 
 
+def _next_period(subscription: Subscription) -> Period:
+    """The period after the current one, on the subscription's anchor (month ends handled)."""
+    return period_at(
+        subscription.billing_anchor, Interval(subscription.offer.interval), subscription.current_period_end
+    )
+
+
 class RenewalSkipped(Enum):
     ENDED = "ended"  # canceled at period end instead of renewed
     NOT_DUE = "not_due"  # another worker holds it, it is not due any more, or renewed already
@@ -285,7 +396,7 @@ def subscription_renew(
             else:
                 subscription.offer, subscription.price = target, subscription.pending_price
             subscription.pending_offer = subscription.pending_price = None
-        period = period_at(subscription.billing_anchor, Interval(subscription.offer.interval), period_start)
+        period = _next_period(subscription)
         subscription.current_period_start, subscription.current_period_end = period.start, period.end
         subscription.save(
             update_fields=[

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -108,6 +108,37 @@ def offer_tax_categories(offer_ids: Sequence[int]) -> dict[int, str]:
     return {offer: next(iter(c)) if len(c) == 1 else DEFAULT_CATEGORY for offer, c in categories.items()}
 
 
+class TaxLookups:
+    """What `invoice_tax_compute` reads from the database, read once for a batch of invoices
+    (the renewal sweep): tax profiles of the owners, rates per market and instant, categories
+    per offer. Without one, every invoice reads its own."""
+
+    def __init__(self, *, owner_ids: Iterable[int] = ()) -> None:
+        self._profiles: dict[int, CustomerTaxProfile | None] = dict.fromkeys(owner_ids)
+        for profile in CustomerTaxProfile.objects.filter(owner_id__in=list(self._profiles)):
+            self._profiles[profile.owner_id] = profile
+        self._rates: dict[tuple, dict[str, TaxRate]] = {}
+        self._categories: dict[int, str] = {}
+
+    def profile(self, owner: Owner) -> CustomerTaxProfile | None:
+        if owner.pk not in self._profiles:
+            self._profiles[owner.pk] = tax_profile_of(owner)
+        return self._profiles[owner.pk]
+
+    def rates(self, *, owner: Owner, vehicle: Vehicle | None, at: datetime) -> dict[str, TaxRate]:
+        where = ("market", vehicle.market_id) if vehicle is not None else ("country", owner.billing_country)
+        if (where, at) not in self._rates:
+            self._rates[(where, at)] = tax_rates_at(owner=owner, vehicle=vehicle, at=at)
+        return self._rates[(where, at)]
+
+    def categories(self, offer_ids: Sequence[int]) -> dict[int, str]:
+        missing = [offer_id for offer_id in offer_ids if offer_id not in self._categories]
+        if missing:
+            found = offer_tax_categories(missing)
+            self._categories.update({offer_id: found.get(offer_id, DEFAULT_CATEGORY) for offer_id in missing})
+        return {offer_id: self._categories[offer_id] for offer_id in offer_ids}
+
+
 def invoice_tax_compute(
     *,
     owner: Owner,
@@ -115,10 +146,13 @@ def invoice_tax_compute(
     lines: Sequence[tuple[int, int | None]],
     at: datetime,
     prices_include_tax: bool | None = None,
+    lookups: TaxLookups | None = None,
 ) -> InvoiceTax:
     """The VAT of invoice lines given as (amount_minor, offer_id). `prices_include_tax` None:
-    the customer's (gross for consumers; a fleet's tax profile may say net)."""
-    profile = tax_profile_of(owner)
+    the customer's (gross for consumers; a fleet's tax profile may say net). `lookups`: the
+    database reads shared by a batch of invoices."""
+    lookups = lookups or TaxLookups()
+    profile = lookups.profile(owner)
     if prices_include_tax is None:
         prices_include_tax = not (
             owner.kind == Owner.Kind.FLEET and profile is not None and not profile.prices_include_tax
@@ -127,8 +161,8 @@ def invoice_tax_compute(
     if reverse_charge:
         line_taxes = tuple(LineTax(ZERO, VatCategory.REVERSE_CHARGE, None) for _ in lines)
     else:
-        rates = tax_rates_at(owner=owner, vehicle=vehicle, at=at)
-        categories = offer_tax_categories([offer_id for _, offer_id in lines if offer_id is not None])
+        rates = lookups.rates(owner=owner, vehicle=vehicle, at=at)
+        categories = lookups.categories([offer_id for _, offer_id in lines if offer_id is not None])
         line_taxes = tuple(
             _line_tax(rates, categories.get(offer_id, DEFAULT_CATEGORY) if offer_id else DEFAULT_CATEGORY)
             for _, offer_id in lines

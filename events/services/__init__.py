@@ -1,5 +1,6 @@
-"""The events app's services: `event_record` is the one entry point other apps call."""
+"""The events app's services: `event_record` (one event) and `events_record` (a batch) are the
+entry points other apps call."""
 
-from events.services.outbox import event_record
+from events.services.outbox import EventSpec, event_record, events_record
 
-__all__ = ["event_record"]
+__all__ = ["EventSpec", "event_record", "events_record"]

@@ -14,6 +14,10 @@ the event last), so that wait can never be part of a lock cycle.
 from __future__ import annotations
 
 import json
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
@@ -33,19 +37,6 @@ from events.models import (
 log = structlog.get_logger(__name__)
 KEEP_EVENTS = timedelta(days=30)  # the delivery log an operator can look at and resend from
 
-_NEXT_SEQUENCE_SQL = (
-    f"INSERT INTO {OrderingKeySequence._meta.db_table} (key, last_value) VALUES (%s, 1) "
-    f"ON CONFLICT (key) DO UPDATE SET last_value = {OrderingKeySequence._meta.db_table}.last_value + 1 "
-    "RETURNING last_value"
-)
-
-
-def _next_sequence(key: str) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(_NEXT_SEQUENCE_SQL, [key])
-        return cursor.fetchone()[0]
-
-
 def _enqueue_delivery(event_id: str) -> None:
     """After commit: hand the event to a worker. Never raises (the caller's change is committed);
     a message that cannot be sent now is picked up by the minute sweep."""
@@ -57,43 +48,89 @@ def _enqueue_delivery(event_id: str) -> None:
         log.warning("event_delivery_not_enqueued", event_id=event_id, exc_info=True)
 
 
+@dataclass(frozen=True)
+class EventSpec:
+    type: str
+    payload: dict
+    ordering_key: str | None
+
+
 def event_record(
     *, type: str, payload: dict, ordering_key: str | None, at: datetime | None = None
 ) -> OutboxEvent:
     """Record an event of `type` with `payload` (its `data`) in the caller's transaction, and a
     pending delivery for every enabled endpoint subscribed to the type. `ordering_key` (e.g. a
     vehicle id) orders the deliveries of one key per endpoint by commit; None: no order."""
-    if type not in EventType.values:
-        raise ValueError(f"unknown event type {type!r}")
-    data = json.loads(json.dumps(payload, cls=DjangoJSONEncoder))  # plain JSON, checked here
+    return events_record([EventSpec(type=type, payload=payload, ordering_key=ordering_key)], at=at)[0]
+
+
+def events_record(specs: Sequence[EventSpec], *, at: datetime | None = None) -> list[OutboxEvent]:
+    """`event_record` for many events at once (a batch of renewals): a constant number of
+    statements however many. Events of one key take consecutive numbers in the order given."""
+    for spec in specs:
+        if spec.type not in EventType.values:
+            raise ValueError(f"unknown event type {spec.type!r}")
+    if not specs:
+        return []
     at = at or timezone.now()
-    key = str(ordering_key) if ordering_key else ""
+    keys = [str(spec.ordering_key) if spec.ordering_key else "" for spec in specs]
     with transaction.atomic():  # a savepoint of the caller's transaction
-        event = OutboxEvent.objects.create(
-            type=type,
-            payload=data,
-            ordering_key=key,
-            sequence=_next_sequence(key) if key else None,
-            created_at=at,
-        )
-        endpoints = [
-            endpoint for endpoint in EventEndpoint.objects.filter(enabled=True) if endpoint.wants(type)
-        ]
-        Delivery.objects.bulk_create(
+        counts = Counter(key for key in keys if key)
+        last = _take_sequences(counts)
+        taken: Counter[str] = Counter()
+        events = []
+        for spec, key in zip(specs, keys, strict=True):
+            sequence = None
+            if key:
+                taken[key] += 1
+                sequence = last[key] - counts[key] + taken[key]
+            events.append(
+                OutboxEvent(
+                    id=uuid.uuid4(),
+                    type=spec.type,
+                    payload=json.loads(json.dumps(spec.payload, cls=DjangoJSONEncoder)),  # plain JSON
+                    ordering_key=key,
+                    sequence=sequence,
+                    created_at=at,
+                )
+            )
+        OutboxEvent.objects.bulk_create(events)
+        endpoints = list(EventEndpoint.objects.filter(enabled=True))
+        deliveries = [
             Delivery(
                 event=event,
                 endpoint=endpoint,
-                ordering_key=key,
+                ordering_key=event.ordering_key,
                 sequence=event.sequence,
                 next_attempt_at=at,
                 created_at=at,
             )
+            for event in events
             for endpoint in endpoints
+            if endpoint.wants(event.type)
+        ]
+        Delivery.objects.bulk_create(deliveries)
+        to_send = list(dict.fromkeys(str(delivery.event_id) for delivery in deliveries))
+        if to_send:
+            transaction.on_commit(lambda: [_enqueue_delivery(event_id) for event_id in to_send])
+    return events
+
+
+def _take_sequences(counts: Counter[str]) -> dict[str, int]:
+    """Add `counts[key]` to each key's counter (one upsert, keys in a fixed order so two batches
+    lock them alike) and return each key's new last value; the rows stay locked until commit."""
+    if not counts:
+        return {}
+    keys = sorted(counts)
+    table = OrderingKeySequence._meta.db_table
+    values = ", ".join(["(%s, %s)"] * len(keys))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (key, last_value) VALUES {values} ON CONFLICT (key) DO UPDATE "
+            f"SET last_value = {table}.last_value + EXCLUDED.last_value RETURNING key, last_value",
+            [item for key in keys for item in (key, counts[key])],
         )
-        if endpoints:
-            event_id = str(event.pk)
-            transaction.on_commit(lambda: _enqueue_delivery(event_id))
-    return event
+        return dict(cursor.fetchall())
 
 
 def outbox_events_purge(*, at: datetime, keep: timedelta = KEEP_EVENTS, limit: int = 5000) -> int:

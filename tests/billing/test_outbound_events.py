@@ -221,10 +221,10 @@ def test_a_change_rolled_back_records_no_event(admin_user):
 @pytest.mark.django_db
 @pytest.mark.stripe
 def test_an_event_that_cannot_be_recorded_never_undoes_a_paid_fulfilment(stripe_proxy, monkeypatch):
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("outbox unavailable")
 
-    monkeypatch.setattr(outbound_events, "event_record", broken)
+    monkeypatch.setattr(outbound_events, "events_record", broken)
 
     _owner, _vehicle, subscription = paid_subscription(dt.datetime.now(tz=UTC))
 
