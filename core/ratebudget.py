@@ -26,25 +26,30 @@ from dataclasses import dataclass
 
 from core.redis import redis_client, redis_key
 
-# KEYS[1]: the bucket. ARGV: interval (µs), burst (requests that may go at once), max wait (µs).
-# Returns the µs to wait before sending (0: now), or -(µs until a slot within max wait) when refused.
+# KEYS[1]: the bucket. ARGV: interval (µs), burst (requests that may go at once), max wait (µs),
+# count (consecutive slots wanted). Reserves as many of them as leave within max wait (at least
+# one, or none). Returns {µs from now to the first slot's theoretical arrival time, slots
+# reserved}; refused: {-(µs until a slot within max wait), 0}.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local send_at = tat - (burst - 1) * interval
 if send_at < now then send_at = now end
 local wait = send_at - now
 if wait > max_wait then
-  return -(wait - max_wait)
+  return {-(wait - max_wait), 0}
 end
-local new_tat = tat + interval
+local fit = math.floor((max_wait - wait) / interval) + 1
+if fit < count then count = fit end
+local new_tat = tat + count * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return wait
+return {tat - now, count}
 """
 
 
@@ -76,33 +81,52 @@ class _LocalBucket:
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
 
-    def reserve(self, budget: Budget, now: float) -> float:
+    def reserve(self, budget: Budget, now: float, count: int = 1) -> tuple[float, int]:
+        """(seconds from `now` to the first slot's arrival time, slots reserved), as the script."""
         interval = budget.interval_us / 1_000_000
         with self._lock:
             tat = max(self._tat.get(budget.name, 0.0), now)
             wait = max(0.0, tat - (budget.burst - 1) * interval - now)
             if wait > budget.max_wait:
-                return -(wait - budget.max_wait)
-            self._tat[budget.name] = tat + interval
-            return wait
+                return -(wait - budget.max_wait), 0
+            count = min(count, int((budget.max_wait - wait) // interval) + 1)
+            self._tat[budget.name] = tat + count * interval
+            return tat - now, count
 
 
 _local = _LocalBucket()
 _scripts: dict[int, Callable] = {}
 
 
-def _reserve_in_redis(budget: Budget) -> float | None:
+def _reserve_in_redis(budget: Budget, count: int) -> tuple[float, int] | None:
     client = redis_client()
     if client is None:
         return None
     script = _scripts.get(id(client))
     if script is None:
         script = _scripts[id(client)] = client.register_script(_GCRA)
-    waited = script(
+    arrival, reserved = script(
         keys=[redis_key(f"ratebudget:{budget.name}")],
-        args=[budget.interval_us, budget.burst, int(budget.max_wait * 1_000_000)],
+        args=[budget.interval_us, budget.burst, int(budget.max_wait * 1_000_000), count],
     )
-    return int(waited) / 1_000_000
+    return int(arrival) / 1_000_000, int(reserved)
+
+
+def rate_budget_reserve(budget: Budget, count: int) -> list[float]:
+    """Reserve up to `count` consecutive slots of `budget` in one round trip (a batch of calls):
+    the `time.monotonic()` instants at which each may leave, as many as fit within
+    `budget.max_wait`. Raises `RateBudgetExhausted` when not even one does. Slots not used are
+    lost (the budget stays on the safe side). No budget configured: `count` slots, now."""
+    now = time.monotonic()
+    if budget.per_second <= 0:
+        return [now] * count
+    reserved = _reserve_in_redis(budget, count)
+    arrival, got = reserved if reserved is not None else _local.reserve(budget, now, count)
+    if got == 0:
+        raise RateBudgetExhausted(budget.name, -arrival)
+    interval = budget.interval_us / 1_000_000
+    ahead = (budget.burst - 1) * interval  # slot i arrives at arrival + i * interval, minus the burst
+    return [now + max(0.0, arrival + i * interval - ahead) for i in range(got)]
 
 
 def rate_budget_take(budget: Budget, *, sleep: Callable[[float], None] = time.sleep) -> float:
@@ -110,11 +134,8 @@ def rate_budget_take(budget: Budget, *, sleep: Callable[[float], None] = time.sl
     Raises `RateBudgetExhausted` when no slot is free within `budget.max_wait`."""
     if budget.per_second <= 0:
         return 0.0  # no budget configured: unpaced
-    wait = _reserve_in_redis(budget)
-    if wait is None:
-        wait = _local.reserve(budget, time.monotonic())
-    if wait < 0:
-        raise RateBudgetExhausted(budget.name, -wait)
+    (slot,) = rate_budget_reserve(budget, 1)
+    wait = max(0.0, slot - time.monotonic())
     if wait > 0:
         sleep(wait)
     return wait

@@ -26,19 +26,26 @@ gateway holds no business logic and imports no models.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import functools
 import hashlib
 import hmac
+import http.client
 import json
 import random
 import re
+import select
+import socket
 import ssl
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Literal, Protocol
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 import stripe
@@ -57,7 +64,7 @@ from stripe.params import (
 
 from core.errors import BillingError, ErrorCode
 from core.money import Money
-from core.ratebudget import Budget, RateBudgetExhausted, rate_budget_take
+from core.ratebudget import Budget, RateBudgetExhausted, rate_budget_reserve, rate_budget_take
 from core.rounding import from_stripe_amount, to_stripe_amount
 
 LOCALSTRIPE_API_KEY = "sk_test_localstripe"
@@ -220,42 +227,149 @@ def _build_client(
         api_key,
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
-        http_client=_BudgetedRequestsClient(
+        http_client=_BudgetedHTTPClient(
             timeout=timeout_seconds, proxy=_environment_proxies(api_base or stripe.api_base)
         ),
     )
 
 
 def _environment_proxies(url: str) -> dict[str, str] | None:
-    """HTTP(S)_PROXY / NO_PROXY for Stripe's address, read once per client: `requests` would
-    otherwise walk the whole environment on every call (0.6 ms of a 1.5 ms call)."""
+    """HTTP(S)_PROXY / NO_PROXY for Stripe's address, read once per client (not per call)."""
     proxies = requests.utils.get_environ_proxies(url)
     return {scheme: proxies[scheme] for scheme in ("http", "https") if scheme in proxies} or None
 
 
-# -- the shared rate budget (core/ratebudget.py) -----------------------------------------------
-class _BudgetedRequestsClient(stripe.RequestsClient):
-    """Every HTTP request the SDK sends (SDK retries and list pages included) first takes a slot
-    of the request budget all our processes share, so Stripe's rate limit is never reached. No
-    slot within the budget's wait: a 429 of our own, handled as Stripe's (`RateLimited`)."""
+# -- HTTP: kept-alive connections, the shared rate budget (core/ratebudget.py) -------------------
+class _BudgetedHTTPClient(stripe.HTTPClient):
+    """The SDK's HTTP transport: `http.client` over one kept-alive connection per thread and host.
+
+    Every request (SDK retries and list pages included) first takes a slot of the request budget
+    all our processes share, so Stripe's rate limit is never reached; no slot within the budget's
+    wait is a 429 of our own, handled as Stripe's (`RateLimited`). Measured on loopback, a call
+    through `requests` (the SDK's default) costs 0.74 ms of CPU, through `http.client` 0.24 ms: at
+    fleet scale that is a third of a renewal's own work. Failures are reported as `requests`'
+    are by the SDK: a certificate that does not verify is not retried, any other connection or
+    protocol error (timeouts, resets, a closed keep-alive) is an `APIConnectionError` the SDK may
+    retry with the same idempotency key, and that we treat as an unknown outcome on a POST.
+    """
+
+    name = "http.client"
+
+    def __init__(self, *, timeout: float, proxy: dict[str, str] | None = None) -> None:
+        super().__init__(proxy=proxy)  # type: ignore[arg-type]  # the SDK's own proxy shape
+        self._timeout = timeout
+        self._local = threading.local()
+        self._tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
 
     def request(self, method, url, headers, post_data=None, **kwargs):
-        if getattr(self._thread_local, "session", None) is None:  # one session per thread, as the SDK's
-            session = requests.Session()
-            session.trust_env = False  # the proxies were read once (`_environment_proxies`)
-            self._thread_local.session = session
         _budget()
-        return super().request(method, url, headers, post_data, **kwargs)
+        return self._send(method, url, headers, post_data)
+
+    def request_stream(self, method, url, headers, post_data=None, **kwargs):
+        raise NotImplementedError("no streaming responses are used")
+
+    def close(self) -> None:
+        for connection in getattr(self._local, "connections", {}).values():
+            connection.close()
+        self._local.connections = {}
+
+    def _send(self, method: str, url: str, headers, body) -> tuple[bytes, int, Any]:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname or "", parts.port)
+        connection, target = self._connection(key, parts)
+        try:
+            connection.request(method.upper(), target, body=body, headers=dict(headers or {}))
+            response = connection.getresponse()
+            content = response.read()
+        except ssl.SSLCertVerificationError as exc:
+            self._forget(key)
+            raise stripe.APIConnectionError(
+                f"Could not verify Stripe's TLS certificate ({exc}).", should_retry=False
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, a dropped keep-alive
+            self._forget(key)
+            raise stripe.APIConnectionError(
+                f"Unexpected error communicating with Stripe ({type(exc).__name__}: {exc}).",
+                should_retry=True,
+            ) from exc
+        if response.will_close:
+            self._forget(key)
+        return content, response.status, requests.structures.CaseInsensitiveDict(response.getheaders())
+
+    def _connection(self, key: tuple, parts: SplitResult) -> tuple[http.client.HTTPConnection, str]:
+        connections = self._local.__dict__.setdefault("connections", {})
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        proxy = urlsplit(self._proxy[parts.scheme]) if self._proxy and parts.scheme in self._proxy else None
+        if proxy is not None and parts.scheme == "http":
+            target = parts.geturl()  # a plain-HTTP proxy takes the absolute address
+        connection = connections.get(key)
+        if connection is not None and connection.sock is not None and _peer_closed(connection.sock):
+            self._forget(key)
+            connection = None
+        if connection is None:
+            host, port = (proxy.hostname, proxy.port) if proxy is not None else (parts.hostname, parts.port)
+            if parts.scheme == "https":
+                connection = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._tls)
+                if proxy is not None:
+                    connection.set_tunnel(parts.hostname or "", parts.port)
+            else:
+                connection = http.client.HTTPConnection(host, port, timeout=self._timeout)
+            connections[key] = connection
+        return connection, target
+
+    def _forget(self, key: tuple) -> None:
+        connection = getattr(self._local, "connections", {}).pop(key, None)
+        if connection is not None:
+            connection.close()
 
 
-def _budget() -> None:
-    budget = Budget(
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection was closed by the other side (it would read EOF):
+    sending on it would fail after the request left, an unknown outcome for no reason."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _stripe_budget() -> Budget:
+    return Budget(
         name="stripe",
         per_second=settings.STRIPE_RATE_LIMIT_PER_SECOND,
         max_wait=settings.STRIPE_RATE_BUDGET_MAX_WAIT_SECONDS,
     )
+
+
+_reserved = threading.local()  # slots a batch reserved for this thread (`budget_reserved`)
+
+
+@contextlib.contextmanager
+def budget_reserved(count: int) -> Iterator[None]:
+    """Reserve `count` slots of the request budget in one round trip for the calls this thread
+    is about to make (a batch of renewals); each request then waits for its slot instead of
+    asking Redis. What is not used is lost; once they are used up, requests take slots one by one."""
+    slots: deque[float] = deque()
+    if count > 0:
+        with contextlib.suppress(RateBudgetExhausted):  # none free: each request asks for itself
+            slots.extend(rate_budget_reserve(_stripe_budget(), count))
+    previous = getattr(_reserved, "slots", None)
+    _reserved.slots = slots
     try:
-        rate_budget_take(budget)
+        yield
+    finally:
+        _reserved.slots = previous
+
+
+def _budget() -> None:
+    slots = getattr(_reserved, "slots", None)
+    if slots:
+        wait = slots.popleft() - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        return
+    try:
+        rate_budget_take(_stripe_budget())
     except RateBudgetExhausted as exc:
         raise stripe.RateLimitError(str(exc), http_status=429) from exc
 

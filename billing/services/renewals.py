@@ -28,6 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from billing.gateways import stripe as gateway
 from billing.models import (
     AttemptStatus,
     Invoice,
@@ -60,7 +61,7 @@ RENEWABLE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE)
 STRANDED_AFTER = timedelta(minutes=5)
 # Rows locked and renewed per transaction: fewer commits, and short enough that a checkout
 # waiting for one of these subscriptions waits a fraction of a second.
-CLAIM_BATCH_SIZE = 25
+CLAIM_BATCH_SIZE = 100
 HANDED_OUT_FOR = timedelta(minutes=10)  # a chunk not done by then is handed out again
 
 
@@ -259,12 +260,13 @@ def _charge_batch(*, batch: RenewalBatch, report: SweepReport, at: datetime) -> 
     """Charge a committed batch: one PaymentIntent per attempt (its own key), the plain
     successes recorded together (`renewal_answers_record`), the rest one by one."""
     answers = []
-    for attempt in batch.attempts:
-        try:
-            answers.append((attempt, payment_attempt_call_stripe(attempt=attempt)))
-        except Exception as exc:  # one charge never stops the sweep; the reconciler replays the key
-            log.exception("renewal_charge_failed", subscription=str(attempt.invoice.subscription_id))
-            report.errors.append(f"{attempt.invoice.subscription_id}: {type(exc).__name__}")
+    with gateway.budget_reserved(len(batch.attempts)):  # one round trip to the budget per batch
+        for attempt in batch.attempts:
+            try:
+                answers.append((attempt, payment_attempt_call_stripe(attempt=attempt)))
+            except Exception as exc:  # one charge never stops the sweep; the reconciler replays the key
+                log.exception("renewal_charge_failed", subscription=str(attempt.invoice.subscription_id))
+                report.errors.append(f"{attempt.invoice.subscription_id}: {type(exc).__name__}")
     for attempt in renewal_answers_record(answers, at=at):
         if attempt.status == AttemptStatus.SUCCEEDED:
             report.renewed += 1
