@@ -429,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "REDIS_URL": redis_url,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "LOG_LEVEL": "WARNING",
+        "DJANGO_DEBUG": "false",  # as in production: no SQL kept per query
         "STRIPE_SECRET_KEY": "",
         "STRIPE_MAX_NETWORK_RETRIES": "0",
         "TEST_DB_SUFFIX": "_bench_renewals",  # the Redis key prefix: apart from tests and the demo
@@ -436,7 +437,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(
         {
             k: env[k]
-            for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "LOG_LEVEL", "TEST_DB_SUFFIX")
+            for k in (
+                "DATABASE_URL",
+                "REDIS_URL",
+                "DJANGO_SETTINGS_MODULE",
+                "LOG_LEVEL",
+                "DJANGO_DEBUG",
+                "TEST_DB_SUFFIX",
+            )
         }
     )
     import django
