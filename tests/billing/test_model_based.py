@@ -24,8 +24,9 @@ exactly the bugs where money waits for a job that never comes):
   the strict form holds;
 - rights: every feature a car may use now (`features_active_at`, what the vehicle API serves) is
   backed by a paid, trial, grace, included or granted period of its current owner, or by a paid
-  purchase whose policy stays with the car; every paid, unrefunded current period of a live
-  subscription grants its features; no live subscription belongs to a previous owner;
+  purchase whose policy stays with the car; and conversely every paid unrefunded, trial or
+  in-grace current period of a live subscription grants its features (a feature is on iff such a
+  period covers now); no live subscription belongs to a previous owner;
 - progress (after a fault-free reconciler run): no attempt or refund the reconciler was due to
   settle is left pending/unknown, no 3-D Secure attempt whose PaymentIntent moved on (or whose
   cancel window passed) is left waiting, no row failed in the reconciler.
@@ -860,10 +861,11 @@ def _backing(row: Entitlement, *, current_owner_id, paid: dict, trials: set) -> 
 
 
 def rights_problems(vehicle_ids, *, now: dt.datetime) -> list[str]:
-    """Every feature a car may use now (the selector the vehicle API serves) is backed by its
-    current owner's paid, trial, included or granted period, or by a purchase that stays with the
-    car; every paid, unrefunded current period of a live subscription grants its features; no
-    live subscription outlives its owner's ownership of the car."""
+    """A feature is on iff a period covers now: every feature a car may use now (the selector the
+    vehicle API serves) is backed by its current owner's paid, trial, grace, included or granted
+    period, or by a purchase that stays with the car; and every paid unrefunded, trial or in-grace
+    current period of a live subscription grants its features. No live subscription outlives its
+    owner's ownership of the car."""
     problems: list[str] = []
     owner_of = dict(
         Ownership.objects.filter(vehicle_id__in=vehicle_ids, ends_at__isnull=True).values_list(
@@ -918,6 +920,13 @@ def rights_problems(vehicle_ids, *, now: dt.datetime) -> list[str]:
                 if missing and subscription.trial_end and now < subscription.trial_end:
                     problems.append(
                         f"car {index}: trial of {subscription.offer.code} without {sorted(missing)}"
+                    )
+                continue
+            if subscription.status == SubscriptionStatus.PAST_DUE:
+                # A declined renewal being retried: the car keeps the plan until its grace ends.
+                if missing and subscription.grace_until and now < subscription.grace_until:
+                    problems.append(
+                        f"car {index}: in grace of {subscription.offer.code} without {sorted(missing)}"
                     )
                 continue
             if subscription.status != SubscriptionStatus.ACTIVE or subscription.pk in refunded_subscriptions:
