@@ -225,7 +225,13 @@ def redis_reachable(url: str) -> bool:
 
 @contextlib.contextmanager
 def gunicorn_running(
-    *, database_url: str, redis_url: str, workers: int, worker_class: str, threads: int
+    *,
+    database_url: str,
+    redis_url: str,
+    workers: int,
+    worker_class: str,
+    threads: int,
+    app: str = "config.wsgi:application",
 ) -> Iterator[int]:
     """gunicorn on 127.0.0.1:<free port> for the duration of the block; always stopped after."""
     port = free_port()
@@ -243,7 +249,7 @@ def gunicorn_running(
     }
     command = [
         str(ROOT / ".venv" / "bin" / "gunicorn"),
-        "config.wsgi:application",
+        app,
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",

@@ -7,8 +7,9 @@
 2. Starts gunicorn (`config.wsgi:application`, DEBUG off) on 127.0.0.1:<free port>, with a
    webhook secret of its own.
 3. Signs distinct Stripe-shaped events ahead (each with its own id, timestamp now) and sends them
-   with `--senders` concurrent connections (asyncio, one request per connection as gunicorn's sync
-   workers close it) for a warm-up and then `--duration` seconds.
+   with `--senders` concurrent connections (one thread, epoll over raw sockets: the sender shares the
+   cores with the server; keep-alive, reconnecting whenever the server closes as gunicorn's sync
+   workers do) for a warm-up and then `--duration` seconds.
 4. Prints events/s accepted (2xx), p50/p99 latency, errors, and `lost`: events answered 2xx that
    are not in the inbox afterwards (must be 0). Processing is asynchronous and not measured here.
 
@@ -20,11 +21,12 @@ PostgreSQL).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import hmac
 import json
 import os
+import selectors
+import socket
 import sys
 import time
 import uuid
@@ -65,53 +67,134 @@ def signed_event(*, secret: str = SECRET, at: int | None = None) -> tuple[str, b
 
 
 def request_bytes(port: int, header: str, body: bytes) -> bytes:
+    """One POST, keep-alive (HTTP/1.1's default): gthread workers keep the connection open, sync
+    workers answer `Connection: close` and the sender reconnects for its next event."""
     head = (
         f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Stripe-Signature: {header}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Stripe-Signature: {header}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
-async def _send(port: int, payload: bytes) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(payload)
-        await writer.drain()
-        status_line = await reader.readline()
-        await reader.read()  # until the server closes
-        return int(status_line.split()[1]) if status_line else 0
-    finally:
-        writer.close()
+class _Sender:
+    """One closed-loop sender: a non-blocking socket, the response read so far, when its request
+    started. The connection is kept between requests unless the server answers `Connection: close`."""
+
+    __slots__ = ("pending", "received", "sock", "started")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.received = b""
+        self.started = 0.0
+        self.pending = b""  # request bytes not yet written (a connect in progress, a full buffer)
 
 
-async def load(
+def _response_complete(data: bytes) -> tuple[int, bool] | None:
+    """(status, server closes) once `data` holds a whole response with a Content-Length body."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end].lower()
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line.startswith(b"content-length:"):
+            length = int(line[15:])
+    if len(data) < end + 4 + length:
+        return None
+    return int(data.split(b" ", 2)[1]), b"\r\nconnection: close" in head
+
+
+def load(
     port: int, requests: Sequence[bytes], *, senders: int, seconds: float
 ) -> tuple[int, int, list[float], float]:
-    """Send `requests` in order with `senders` connections until `seconds` pass or they run out.
+    """Send `requests` in order with `senders` concurrent connections (each sends its next event when
+    the previous one is answered) until `seconds` pass or they run out. One thread, one epoll loop
+    over raw sockets: the load generator shares the cores with the server, so it must cost little.
+    A latency runs from before the connect (when one is needed) to the end of the response.
     Returns (accepted 2xx, errors, latencies in ms, elapsed seconds)."""
     queue = iter(requests)
     accepted, errors, latencies = 0, 0, []
-    deadline = time.monotonic() + seconds
+    selector = selectors.DefaultSelector()
+    started_at = time.monotonic()
+    deadline = started_at + seconds
+    active = 0
 
-    async def sender() -> None:
+    def close(sender: _Sender) -> None:
+        if sender.sock is not None:
+            selector.unregister(sender.sock)
+            sender.sock.close()
+            sender.sock = None
+
+    def write(sender: _Sender) -> None:
+        assert sender.sock is not None
+        try:
+            sent = sender.sock.send(sender.pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        sender.pending = sender.pending[sent:]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if sender.pending else 0)
+        selector.modify(sender.sock, events, sender)
+
+    def start(sender: _Sender) -> bool:
+        payload = next(queue, None)
+        if payload is None or time.monotonic() >= deadline:
+            close(sender)
+            return False
+        sender.started, sender.received, sender.pending = time.perf_counter(), b"", payload
+        if sender.sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            sender.sock = sock
+            selector.register(sock, selectors.EVENT_WRITE, sender)  # writable: connected
+        else:
+            write(sender)
+        return True
+
+    def finish(sender: _Sender, status: int) -> None:
         nonlocal accepted, errors
-        for payload in queue:
-            if time.monotonic() >= deadline:
-                return
-            started = time.perf_counter()
-            try:
-                status = await _send(port, payload)
-            except OSError:
-                status = 0
-            latencies.append((time.perf_counter() - started) * 1000)
-            if 200 <= status < 300:
-                accepted += 1
-            else:
-                errors += 1
+        latencies.append((time.perf_counter() - sender.started) * 1000)
+        if 200 <= status < 300:
+            accepted += 1
+        else:
+            errors += 1
 
-    started = time.monotonic()
-    await asyncio.gather(*(sender() for _ in range(senders)))
-    return accepted, errors, sorted(latencies), time.monotonic() - started
+    for _ in range(senders):
+        active += start(_Sender())
+    while active:
+        for key, mask in selector.select(timeout=5):
+            sender: _Sender = key.data
+            sock = sender.sock
+            assert sock is not None
+            if mask & selectors.EVENT_WRITE:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    close(sender)
+                    finish(sender, 0)
+                    active -= 1
+                    active += start(sender)
+                    continue
+                write(sender)
+            if not mask & selectors.EVENT_READ:
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                chunk = b""
+            sender.received += chunk
+            done = _response_complete(sender.received) if chunk else (0, True)
+            if done is None:
+                continue
+            status, server_closes = done
+            if server_closes:
+                close(sender)
+            finish(sender, status)
+            active -= 1
+            active += start(sender)
+    selector.close()
+    return accepted, errors, sorted(latencies), time.monotonic() - started_at
 
 
 def inbox_count() -> int:
@@ -130,6 +213,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
     parser.add_argument("--threads", type=int, default=4, help="per worker, with --worker-class gthread")
+    parser.add_argument(
+        "--app",
+        default="config.wsgi:application",
+        help="the WSGI application; config.wsgi:django_application measures without the webhook fast lane",
+    )
     parser.add_argument("--rate-hint", type=int, default=3_000, help="events/s to pre-sign for (upper bound)")
     return parser.parse_args(argv)
 
@@ -153,14 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         worker_class=args.worker_class,
         threads=args.threads,
+        app=args.app,
     ) as port:
         payloads = [request_bytes(port, header, body) for header, body in events]
         warm = int(args.warmup * args.rate_hint)
         if args.warmup > 0:
-            asyncio.run(load(port, payloads[:warm], senders=args.senders, seconds=args.warmup))
+            load(port, payloads[:warm], senders=args.senders, seconds=args.warmup)
         counted_from = inbox_count()
-        accepted, errors, latencies, elapsed = asyncio.run(
-            load(port, payloads[warm:], senders=args.senders, seconds=args.duration)
+        accepted, errors, latencies, elapsed = load(
+            port, payloads[warm:], senders=args.senders, seconds=args.duration
         )
         time.sleep(0.5)  # the last commits
         stored = inbox_count() - counted_from

@@ -69,14 +69,20 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request_id = request_id_bind(request.headers.get(REQUEST_ID_HEADER, ""))
         request.request_id = request_id  # type: ignore[attr-defined]
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response
+
+
+def request_id_bind(given: str) -> str:
+    """The request's id (`given` when well-formed, else a new one), bound to every log line until
+    the response is closed; returned for the `X-Request-ID` answer header."""
+    request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
 
 
 def _request_id_unbind(**_kwargs: object) -> None:

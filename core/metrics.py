@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 RENEWALS = Counter("billing_renewals", "Subscriptions taken by the renewal sweep, by outcome.", ["outcome"])
 PAYMENT_ATTEMPTS = Counter(
@@ -21,6 +21,13 @@ IDEMPOTENCY_REPLAYS = Counter(
     "api_idempotency_replays", "Requests answered from a stored response (same Idempotency-Key)."
 )
 RATE_LIMIT_REFUSALS = Counter("api_rate_limit_refusals", "Requests refused by a rate limit.", ["scope"])
+WEBHOOK_DELIVERIES = Histogram(
+    "billing_webhook_delivery_seconds",
+    "Stripe deliveries taken by the WSGI fast lane (not in django_http_* metrics), by HTTP status: "
+    "seconds from the request to the answer.",
+    ["status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 RENEWAL_OUTCOMES = ("renewed", "declined", "pending", "canceled", "skipped")
 
