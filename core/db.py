@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from django.db import connections, models, router
 
@@ -48,20 +48,20 @@ def rows_update(objs: Sequence[models.Model], fields: Sequence[str]) -> int:
         return model._default_manager.bulk_update(objs, list(fields))
     pk = model._meta.pk
     assert pk is not None  # every model has one
-    columns = [pk, *(model._meta.get_field(name) for name in fields)]
+    columns: list[models.Field] = [pk, *(cast(models.Field, model._meta.get_field(name)) for name in fields)]
     casts = ", ".join(f"%s::{field.db_type(connection)}" for field in columns)
     values = ", ".join([f"({casts})"] * len(objs))
     quote = connection.ops.quote_name
-    names = ", ".join(quote(field.column) for field in columns)
+    names = ", ".join(quote(str(field.column)) for field in columns)
     table = quote(model._meta.db_table)
-    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in columns[1:])
+    assignments = ", ".join(f"{quote(str(f.column))} = v.{quote(str(f.column))}" for f in columns[1:])
     params = [
         field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs for field in columns
     ]
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET {assignments} FROM (VALUES {values}) AS v({names}) "
-            f"WHERE {table}.{quote(pk.column)} = v.{quote(pk.column)}",
+            f"WHERE {table}.{quote(str(pk.column))} = v.{quote(str(pk.column))}",
             params,
         )
         return cursor.rowcount

@@ -299,7 +299,8 @@ class _BudgetedHTTPClient(stripe.HTTPClient):
     def _connection(self, key: tuple, parts: SplitResult) -> tuple[http.client.HTTPConnection, str]:
         connections = self._local.__dict__.setdefault("connections", {})
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        proxy = urlsplit(self._proxy[parts.scheme]) if self._proxy and parts.scheme in self._proxy else None
+        proxy_url = dict(self._proxy or {}).get(parts.scheme)
+        proxy = urlsplit(str(proxy_url)) if proxy_url else None
         if proxy is not None and parts.scheme == "http":
             target = parts.geturl()  # a plain-HTTP proxy takes the absolute address
         connection = connections.get(key)
@@ -308,6 +309,7 @@ class _BudgetedHTTPClient(stripe.HTTPClient):
             connection = None
         if connection is None:
             host, port = (proxy.hostname, proxy.port) if proxy is not None else (parts.hostname, parts.port)
+            host = host or ""  # no host: the connection fails, an APIConnectionError
             if parts.scheme == "https":
                 connection = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._tls)
                 if proxy is not None:

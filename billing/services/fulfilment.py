@@ -124,7 +124,7 @@ def renewals_fulfil_paid(*, invoices: Sequence[Invoice], payers: Mapping[Any, in
     subscription is renewing (active or trialing) and whose car is still the payer's (`payers`:
     invoice id -> owner id). Returns the ids of the invoices fulfilled; the caller records the
     others one by one (`payment_attempt_record`, which refunds what cannot be delivered)."""
-    subscriptions = {
+    subscriptions: dict[Any, Subscription] = {
         subscription.pk: subscription
         for subscription in Subscription.objects.select_for_update(of=("self",))
         .select_related("offer", "price", "pending_offer")

@@ -114,7 +114,12 @@ def events_record(specs: Sequence[EventSpec], *, at: datetime | None = None) -> 
         Delivery.objects.bulk_create(deliveries)
         to_send = list(dict.fromkeys(str(delivery.event_id) for delivery in deliveries))
         if to_send:
-            transaction.on_commit(lambda: [_enqueue_delivery(event_id) for event_id in to_send])
+
+            def enqueue_all() -> None:
+                for event_id in to_send:
+                    _enqueue_delivery(event_id)
+
+            transaction.on_commit(enqueue_all)
     return events
 
 

@@ -5,6 +5,7 @@ PaymentIntents itself, so what is measured is our pacing, not localstripe."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -13,7 +14,13 @@ import pytest
 
 from billing.gateways import stripe as gateway
 from core.money import Money
-from core.ratebudget import Budget, RateBudgetExhausted, rate_budget_reset, rate_budget_take
+from core.ratebudget import (
+    Budget,
+    RateBudgetExhausted,
+    rate_budget_reserve,
+    rate_budget_reset,
+    rate_budget_take,
+)
 from tests.concurrency import run_concurrently
 
 PI_CREATE = "/v1/payment_intents"
@@ -129,3 +136,40 @@ def test_a_wait_longer_than_allowed_is_refused_without_taking_a_slot(settings):
 
     assert slept == []  # the first went at once; the second was refused, not queued
     assert 0.5 < refused.value.retry_after <= 1.0
+
+
+@pytest.mark.parametrize("redis", [True, False], ids=["redis", "per-process"])
+def test_a_batch_reserves_consecutive_slots_in_one_call_as_many_as_fit_the_wait(settings, redis):
+    if not redis:
+        settings.REDIS_URL = ""
+    budget = Budget(name="test", per_second=10, max_wait=0.55, jitter_allowance=0)
+
+    started = time.monotonic()
+    slots = rate_budget_reserve(budget, 20)
+
+    assert len(slots) == 6  # 0, 0.1, ... 0.5 s: the seventh would wait longer than 0.55 s
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
+    assert all(abs(gap - 0.1) < 0.01 for gap in gaps)
+    assert slots[0] - started < 0.05
+    # the next caller queues behind the whole batch
+    with pytest.raises(RateBudgetExhausted):
+        rate_budget_reserve(budget, 1)
+
+
+@pytest.mark.stripe
+def test_a_batch_of_charges_with_reserved_slots_never_meets_429(stripe_proxy, settings):
+    stripe_proxy.set_answer_payment_intents(True)
+    stripe_proxy.set_rate_limit(10)
+    settings.STRIPE_RATE_LIMIT_PER_SECOND = 10
+
+    def batch(_: int) -> list[str]:
+        with gateway.budget_reserved(8):  # as a renewal batch does
+            return [charge().status for _ in range(10)]  # 8 reserved slots, then one by one
+
+    started = time.monotonic()
+    batches = run_concurrently(batch, threads=3, timeout=60)
+    statuses = [status for statuses in batches for status in statuses]
+
+    assert statuses == ["succeeded"] * 30
+    assert stripe_proxy.calls(outcome="rate_limited") == []
+    assert time.monotonic() - started >= 29 / 10 * 0.95
