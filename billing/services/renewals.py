@@ -12,6 +12,11 @@ the row locks while it renews them, so concurrent sweeps divide the work. The in
 (one per subscription and period start) and the one-live-attempt constraint make a second charge
 for the same period impossible even if two workers raced past the lock. Stripe calls are paced by
 the shared rate budget in the gateway (`core/ratebudget.py`).
+
+Set-wise: the plain renewals of a claimed batch (same price, a card on file) are opened together
+(periods, invoices, attempts: a constant number of statements), charged one PaymentIntent each,
+and their plain successes recorded together (`payments.renewal_answers_record`); everything else
+takes the one-by-one path, which is what a single renewal has always done.
 """
 
 from __future__ import annotations
