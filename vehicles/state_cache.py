@@ -45,8 +45,18 @@ def vehicle_state_version(vehicle_id: Any) -> str:
     return cast(str, version)  # the client decodes responses (core.redis); set just above
 
 
+def vehicle_state_changed(vehicle_id: Any) -> None:
+    """Call from any service that changes what a vehicle observes, inside its transaction.
+
+    A new stamp now (this process, and tests inside a transaction, see the change at once) and
+    another after commit: a reader that took the first stamp before the commit was visible holds
+    a copy nobody will ask for."""
+    vehicles_state_changed([vehicle_id])
+
+
 def vehicles_state_changed(vehicle_ids: Sequence[Any]) -> None:
-    """`vehicle_state_changed` for many vehicles: one round trip now, one after commit."""
+    """`vehicle_state_changed` for many vehicles (a batch of renewals): one round trip now, one
+    after commit."""
     ids = list(dict.fromkeys(vehicle_ids))
     _new_stamps(ids)
     transaction.on_commit(lambda: _new_stamps(ids))
@@ -61,24 +71,6 @@ def _new_stamps(vehicle_ids: Sequence[Any]) -> None:
     for pk in vehicle_ids:
         pipe.set(redis_key(_VERSION_KEY.format(pk)), uuid.uuid4().hex)
     pipe.execute()
-
-
-def _new_stamp(vehicle_id: Any) -> None:
-    client = redis_client()
-    if client is None:
-        cache.set(_VERSION_KEY.format(vehicle_id), uuid.uuid4().hex, timeout=None)
-    else:
-        client.set(redis_key(_VERSION_KEY.format(vehicle_id)), uuid.uuid4().hex)
-
-
-def vehicle_state_changed(vehicle_id: Any) -> None:
-    """Call from any service that changes what a vehicle observes, inside its transaction.
-
-    A new stamp now (this process, and tests inside a transaction, see the change at once) and
-    another after commit: a reader that took the first stamp before the commit was visible holds
-    a copy nobody will ask for."""
-    _new_stamp(vehicle_id)
-    transaction.on_commit(lambda: _new_stamp(vehicle_id))
 
 
 class LocalVersionedCache:

@@ -9,7 +9,7 @@ from billing.services.entitlements import entitlement_grant_admin
 from tests.billing.api_helpers import vehicle_client
 from tests.factories import FeatureFactory, UserFactory, VehicleFactory
 from vehicles.services.credentials import vehicle_credential_revoke
-from vehicles.state_cache import LocalVersionedCache, _new_stamp, vehicle_state_version
+from vehicles.state_cache import LocalVersionedCache, _new_stamps, vehicle_state_version
 
 pytestmark = pytest.mark.django_db
 ENTITLEMENTS, TOKEN = "/api/v1/vehicle/entitlements/", "/api/v1/vehicle/entitlements/token/"
@@ -63,7 +63,7 @@ def test_a_change_stamped_by_another_process_is_seen_at_once():
 
     type(entitlement).objects.filter(pk=entitlement.pk).delete()  # a write that bypasses services...
     assert codes(client) == ["heated_seats"]  # ...is not seen from the hot copy,
-    _new_stamp(vehicle.pk)  # until another process stamps a change
+    _new_stamps([vehicle.pk])  # until another process stamps a change
     assert codes(client) == []
 
 
