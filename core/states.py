@@ -21,6 +21,17 @@ def transition_allowed(table: Mapping[str, frozenset[str]], current: str, to: st
     return to in table[current]
 
 
+def _refuse_unless_allowed(obj: models.Model, *, table: Mapping[Any, frozenset[Any]], to: str) -> None:
+    """Raise `invalid_state` when the table does not allow `obj`'s move to `to`."""
+    current = obj.status  # type: ignore[attr-defined]
+    if not transition_allowed(table, current, to):
+        raise BusinessRuleViolation(
+            f"A {obj._meta.verbose_name} cannot go from {current} to {to}.",
+            code=ErrorCode.INVALID_STATE,
+            details={"from": current, "to": to},
+        )
+
+
 def transition_apply(
     obj: models.Model,
     *,
@@ -34,15 +45,9 @@ def transition_apply(
     Staying in the same status is a no-op that returns False (so a retried step is harmless);
     a move the table does not allow raises `invalid_state` and changes nothing.
     """
-    current = obj.status  # type: ignore[attr-defined]
-    if to == current:
+    if to == obj.status:  # type: ignore[attr-defined]
         return False
-    if not transition_allowed(table, current, to):
-        raise BusinessRuleViolation(
-            f"A {obj._meta.verbose_name} cannot go from {current} to {to}.",
-            code=ErrorCode.INVALID_STATE,
-            details={"from": current, "to": to},
-        )
+    _refuse_unless_allowed(obj, table=table, to=to)
     fields = ["status"]
     for name, value in (changes or {}).items():
         setattr(obj, name, value)
@@ -75,13 +80,7 @@ def transition_apply_many(
         raise ValueError("one mapping of changes per row")
     moving = [(obj, row_changes) for obj, row_changes in zip(objs, per_row, strict=True) if obj.status != to]  # type: ignore[attr-defined]
     for obj, _ in moving:
-        current = obj.status  # type: ignore[attr-defined]
-        if not transition_allowed(table, current, to):
-            raise BusinessRuleViolation(
-                f"A {obj._meta.verbose_name} cannot go from {current} to {to}.",
-                code=ErrorCode.INVALID_STATE,
-                details={"from": current, "to": to},
-            )
+        _refuse_unless_allowed(obj, table=table, to=to)
     if not moving:
         return []
     model = type(moving[0][0])

@@ -79,7 +79,6 @@ class InvoiceDraft:
     prices_include_tax: bool | None = None
 
 
-@transaction.atomic
 def invoice_create(
     *,
     owner: Owner,
