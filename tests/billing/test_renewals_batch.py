@@ -19,11 +19,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from benchmarks.renewals import renewal_fleet_seed
 from billing.models import (
     AttemptStatus,
     Entitlement,
-    Invoice,
     PaymentAttempt,
     PaymentMethod,
     Refund,
@@ -34,6 +32,7 @@ from billing.services import payments, renewals
 from billing.services.payments import payment_attempts_reconcile
 from billing.services.renewals import subscriptions_renew_due
 from events.models import EventType, OutboxEvent
+from tests.billing.renewal_helpers import due_fleet, renewal_invoices
 from vehicles.models import Owner, Ownership
 
 pytestmark = [pytest.mark.stripe, pytest.mark.django_db]
@@ -42,23 +41,6 @@ PI_CREATE = "/v1/payment_intents"
 
 class Crash(BaseException):
     """The process dies here (no `except Exception` of ours catches it)."""
-
-
-@pytest.fixture
-def local_stripe(stripe_proxy, settings):
-    stripe_proxy.set_answer_payment_intents(True)
-    settings.STRIPE_RATE_LIMIT_PER_SECOND = 0
-    return stripe_proxy
-
-
-def due_fleet(count: int, per_owner: int = 1):
-    return renewal_fleet_seed(
-        subscriptions=count, period_end=timezone.now() - dt.timedelta(minutes=1), per_owner=per_owner
-    )
-
-
-def renewal_invoices(fleet):
-    return Invoice.objects.filter(subscription_id__in=fleet.subscription_ids, period_start=fleet.period_end)
 
 
 def assert_converged(fleet, proxy, *, renewed=None) -> None:
@@ -92,7 +74,7 @@ def assert_converged(fleet, proxy, *, renewed=None) -> None:
 
 
 def test_a_batch_of_plain_and_special_rows_renews_each_as_one_by_one_would(local_stripe):
-    fleet = due_fleet(6)
+    fleet = due_fleet(6, per_owner=1)
     to_cancel, trial_without_card, *plain = fleet.subscription_ids
     Subscription.objects.filter(pk=to_cancel).update(cancel_at_period_end=True)
     trial = Subscription.objects.get(pk=trial_without_card)
@@ -148,7 +130,7 @@ CRASH_POINTS = {
 
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
 def test_a_crash_between_any_two_steps_converges_after_the_reconciler(local_stripe, monkeypatch, point):
-    fleet = due_fleet(5)
+    fleet = due_fleet(5, per_owner=1)
     module, name, on_call, after = CRASH_POINTS[point]
     _crash_on_call(monkeypatch, module, name, on_call=on_call, after=after)
 
@@ -167,7 +149,7 @@ def test_a_crash_between_any_two_steps_converges_after_the_reconciler(local_stri
 
 
 def test_a_renewal_whose_car_changed_hands_before_recording_is_refunded(local_stripe, monkeypatch):
-    fleet = due_fleet(3)
+    fleet = due_fleet(3, per_owner=1)
     sold = Subscription.objects.get(pk=fleet.subscription_ids[0])
     original = renewals.payment_attempt_call_stripe
 
@@ -194,7 +176,7 @@ def test_a_renewal_whose_car_changed_hands_before_recording_is_refunded(local_st
 
 
 def test_a_batch_whose_recording_fails_is_recorded_one_by_one(local_stripe, monkeypatch):
-    fleet = due_fleet(4)
+    fleet = due_fleet(4, per_owner=1)
 
     def broken(**kwargs):
         raise RuntimeError("batch recording unavailable")

@@ -17,9 +17,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from benchmarks.renewals import renewal_fleet_seed
 from billing import tasks
-from billing.models import AttemptStatus, Invoice, PaymentAttempt, Subscription
+from billing.models import AttemptStatus, PaymentAttempt, Subscription
 from billing.services.payments import payment_attempts_reconcile
 from billing.services.renewals import renewal_chunks_hand_out, subscriptions_renew_due
 from config.celery import app
@@ -31,29 +30,12 @@ from tests.billing.celery_helpers import (
     wait_until,
     worker_start,
 )
+from tests.billing.renewal_helpers import due_fleet, renewal_invoices
 from tests.concurrency import run_concurrently
 
 pytestmark = [pytest.mark.stripe]
 PI_CREATE = "/v1/payment_intents"
 needs_redis = pytest.mark.skipif(not uses_redis_broker(), reason=REQUIRES_REDIS)
-
-
-@pytest.fixture
-def local_stripe(stripe_proxy, settings):
-    """The proxy answers PaymentIntents itself; the rate budget is left out (tested on its own)."""
-    stripe_proxy.set_answer_payment_intents(True)
-    settings.STRIPE_RATE_LIMIT_PER_SECOND = 0
-    return stripe_proxy
-
-
-def due_fleet(count: int):
-    return renewal_fleet_seed(
-        subscriptions=count, period_end=timezone.now() - dt.timedelta(minutes=1), per_owner=20
-    )
-
-
-def renewal_invoices(fleet):
-    return Invoice.objects.filter(subscription_id__in=fleet.subscription_ids, period_start=fleet.period_end)
 
 
 def succeeded_charges(fleet) -> int:
